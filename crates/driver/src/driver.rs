@@ -1,0 +1,603 @@
+//! The common layer above the backends: connections, their send queues, and the rules of closing.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use socket2::Socket;
+
+use crate::config::{Backend, Config, Features};
+use crate::queue::{MAX_IOVECS, SendQueue};
+use crate::sys::{self, AnyPort, Completion, Port, Raw, Waker};
+use crate::token::{ConnId, Op, next_generation};
+
+/// Copied sends are packed into blocks of this size, so that small messages cost no allocation.
+const ARENA_BLOCK: usize = 16 * 1024;
+/// First pause after `EMFILE`/`ENFILE`; doubled up to [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// What happened, as the driver reports it to its owner.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A connection was accepted. Give it a slot with [`Io::attach`], or drop it to refuse it.
+    Accepted(Socket),
+    /// Accepting failed. On `EMFILE`, `ENFILE`, `ENOBUFS` and `ENOMEM` the driver pauses accepting
+    /// for a while (10 ms, doubling up to 1 s) rather than spinning; on other errors it goes on.
+    AcceptError(io::Error),
+    /// Bytes arrived on a connection. They are lent until the callback returns.
+    Received {
+        /// The connection.
+        conn: ConnId,
+        /// The bytes, in order.
+        data: &'a [u8],
+    },
+    /// The peer finished sending (it half-closed or closed). The connection can still send.
+    ReadClosed {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// The connection is closed and its slot free: every operation has completed and the socket
+    /// is closed. `error` is the I/O error that closed it, if one did.
+    Closed {
+        /// The connection (its id is stale from now on).
+        conn: ConnId,
+        /// The error that made the driver close the connection, if any.
+        error: Option<io::Error>,
+    },
+    /// [`Waker::wake`] was called.
+    Woken,
+}
+
+/// How [`Io::close`] treats the bytes still queued.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CloseMode {
+    /// Stop receiving, send what is queued, then close. Calling `close` again with
+    /// [`CloseMode::Abort`] cuts the flush short.
+    Flush,
+    /// Stop receiving, cancel the send in flight, drop the queue and close.
+    Abort,
+}
+
+/// Why a connection refused an operation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ConnError {
+    /// The id is stale: the connection was closed (its slot may already serve another one).
+    Stale,
+    /// The connection is closing and takes no more data.
+    Closing,
+}
+
+impl std::fmt::Display for ConnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConnError::Stale => "connection id is stale (the connection was closed)",
+            ConnError::Closing => "connection is closing",
+        })
+    }
+}
+
+impl std::error::Error for ConnError {}
+
+/// A completion port for one thread: the backend plus the connections it serves.
+///
+/// ```no_run
+/// use iocp_driver::{Config, Driver, Event};
+/// let mut driver = Driver::new(&Config::default())?;
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// driver.io().listen(&listener.into())?;
+/// loop {
+///     driver.turn(None, |io, event| match event {
+///         Event::Accepted(socket) => {
+///             let _ = io.attach(0, socket);
+///         }
+///         Event::Received { conn, data } => {
+///             let _ = io.send_copy(conn, data);
+///         }
+///         _ => {}
+///     })?;
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct Driver {
+    io: Io,
+    port: AnyPort,
+    backend: Backend,
+    features: Features,
+}
+
+/// The submission half of a [`Driver`]: what a completion callback may do.
+pub struct Io {
+    conns: Box<[Conn]>,
+    ops: Vec<Pending>,
+    finished: VecDeque<(ConnId, Option<io::Error>)>,
+    arena: BytesMut,
+    accept: Accept,
+}
+
+#[derive(Clone, Copy)]
+enum Pending {
+    Recv(ConnId),
+    Send(ConnId),
+    Cancel(ConnId, Op),
+}
+
+#[derive(Default)]
+struct Accept {
+    listener: Option<Socket>,
+    /// Accepting is wanted (between `listen` and `stop_accepting`).
+    wanted: bool,
+    /// An accept is armed in the backend.
+    armed: bool,
+    cancel_sent: bool,
+    paused_until: Option<Instant>,
+    backoff: Duration,
+}
+
+/// Bits of [`Conn::flags`].
+mod flag {
+    pub const OPEN: u8 = 1;
+    /// A receive is armed in the backend or about to be.
+    pub const RECV: u8 = 1 << 1;
+    /// The receive has been submitted (so cancelling it means asking the backend).
+    pub const RECV_SUBMITTED: u8 = 1 << 2;
+    /// A send is in flight in the backend or about to be.
+    pub const SEND: u8 = 1 << 3;
+    pub const SEND_SUBMITTED: u8 = 1 << 4;
+    /// The peer finished sending; do not re-arm.
+    pub const READ_DONE: u8 = 1 << 5;
+    pub const CLOSING: u8 = 1 << 6;
+    pub const ABORT: u8 = 1 << 7;
+}
+
+#[derive(Default)]
+struct Conn {
+    socket: Option<Socket>,
+    generation: u32,
+    flags: u8,
+    queue: SendQueue,
+    error: Option<io::Error>,
+}
+
+impl Driver {
+    /// Creates a driver with the backend `config` asks for.
+    ///
+    /// On io_uring, call this on the thread that will use the driver: the ring is created for a
+    /// single issuer.
+    pub fn new(config: &Config) -> io::Result<Driver> {
+        let (port, backend, features) = AnyPort::new(config)?;
+        let conns = (0..config.capacity).map(|_| Conn::default()).collect();
+        Ok(Driver {
+            io: Io {
+                conns,
+                ops: Vec::with_capacity(256),
+                finished: VecDeque::new(),
+                arena: BytesMut::new(),
+                accept: Accept {
+                    backoff: ACCEPT_BACKOFF_MIN,
+                    ..Accept::default()
+                },
+            },
+            port,
+            backend,
+            features,
+        })
+    }
+
+    /// The backend this driver runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// What the backend supports, and why it fell back if it did.
+    pub fn features(&self) -> &Features {
+        &self.features
+    }
+
+    /// A handle that wakes this driver from another thread.
+    pub fn waker(&self) -> Waker {
+        self.port.waker()
+    }
+
+    /// The submission half, for use outside a completion callback.
+    pub fn io(&mut self) -> &mut Io {
+        &mut self.io
+    }
+
+    /// Submits what was asked, waits up to `timeout` (`None`: until something happens) and hands
+    /// each event to `f` with the submission half, in the order the backend completed them.
+    ///
+    /// Events of one connection are delivered in order. Operations asked for inside `f` are
+    /// submitted on the next turn, so that they are batched.
+    pub fn turn<F>(&mut self, timeout: Option<Duration>, mut f: F) -> io::Result<()>
+    where
+        F: FnMut(&mut Io, Event<'_>),
+    {
+        let Driver { io, port, .. } = self;
+        io.submit(port);
+        let timeout = io.wait_timeout(timeout);
+        let result = port.wait(timeout, &mut |completion| {
+            if let Some(event) = io.complete(completion) {
+                f(io, event);
+            }
+            io.report_finished(&mut f);
+        });
+        io.report_finished(&mut f);
+        result
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // The kernel may still read queued bytes of a send in flight, or write into a receive
+        // buffer. Leak such memory rather than free it under the kernel (graceful shutdown closes
+        // every connection first, so this only happens when a thread unwinds).
+        if self
+            .io
+            .conns
+            .iter()
+            .any(|c| c.flags & (flag::SEND | flag::RECV) != 0)
+        {
+            std::mem::forget(std::mem::take(&mut self.io.conns));
+            self.port.leak_buffers();
+        }
+    }
+}
+
+impl Io {
+    /// Number of connection slots.
+    pub fn capacity(&self) -> u32 {
+        self.conns.len() as u32
+    }
+
+    /// Starts accepting connections on `listener` (a listening socket). The driver keeps its own
+    /// handle to it (a duplicate) for as long as it accepts.
+    pub fn listen(&mut self, listener: &Socket) -> io::Result<()> {
+        self.accept.listener = Some(listener.try_clone()?);
+        self.accept.wanted = true;
+        Ok(())
+    }
+
+    /// Stops accepting. Connections already accepted are not affected.
+    pub fn stop_accepting(&mut self) {
+        self.accept.wanted = false;
+    }
+
+    /// Whether the backend still has an accept armed (it is disarmed some time after
+    /// [`Io::stop_accepting`]).
+    pub fn is_accepting(&self) -> bool {
+        self.accept.armed
+    }
+
+    /// Gives slot `index` to a connected socket and starts receiving on it.
+    ///
+    /// # Panics
+    ///
+    /// If the slot is in use (a connection is open or still closing in it).
+    pub fn attach(&mut self, index: u32, socket: Socket) -> io::Result<ConnId> {
+        let conn = &mut self.conns[index as usize];
+        assert!(
+            conn.flags == 0 && conn.socket.is_none(),
+            "slot {index} is in use"
+        );
+        socket.set_nonblocking(true)?;
+        conn.socket = Some(socket);
+        conn.flags = flag::OPEN | flag::RECV;
+        conn.error = None;
+        let id = ConnId {
+            index,
+            generation: conn.generation,
+        };
+        self.ops.push(Pending::Recv(id));
+        Ok(id)
+    }
+
+    /// The socket of an open connection (for options and addresses).
+    pub fn socket(&self, conn: ConnId) -> Option<&Socket> {
+        self.get(conn).and_then(|c| c.socket.as_ref())
+    }
+
+    /// Whether `conn` is open and not closing.
+    pub fn is_open(&self, conn: ConnId) -> bool {
+        self.get(conn)
+            .is_some_and(|c| c.flags & (flag::OPEN | flag::CLOSING) == flag::OPEN)
+    }
+
+    /// Bytes queued on `conn` and not yet sent (the part in flight included).
+    pub fn queued(&self, conn: ConnId) -> Option<usize> {
+        self.get(conn).map(|c| c.queue.len())
+    }
+
+    /// Queues `bytes` for sending on `conn`, after everything queued before. Returns the bytes now
+    /// queued on the connection.
+    ///
+    /// The bytes are shared, not copied: encode a broadcast once and send it to many.
+    pub fn send(&mut self, conn: ConnId, bytes: Bytes) -> Result<usize, ConnError> {
+        let c = self.get_mut(conn).ok_or(ConnError::Stale)?;
+        if c.flags & flag::CLOSING != 0 {
+            return Err(ConnError::Closing);
+        }
+        c.queue.push(bytes);
+        let queued = c.queue.len();
+        if c.flags & flag::SEND == 0 && queued > 0 {
+            c.flags |= flag::SEND;
+            self.ops.push(Pending::Send(conn));
+        }
+        Ok(queued)
+    }
+
+    /// Copies `data` and queues it like [`Io::send`]. Copies are packed into shared blocks, so
+    /// small messages cost no allocation each.
+    pub fn send_copy(&mut self, conn: ConnId, data: &[u8]) -> Result<usize, ConnError> {
+        if self.get(conn).is_none() {
+            return Err(ConnError::Stale);
+        }
+        if self.arena.capacity() - self.arena.len() < data.len() {
+            // Reuses the block in place when every earlier copy has been sent.
+            self.arena.reserve(data.len().max(ARENA_BLOCK));
+        }
+        self.arena.extend_from_slice(data);
+        let bytes = self.arena.split().freeze();
+        self.send(conn, bytes)
+    }
+
+    /// Closes `conn`. [`Event::Closed`] follows once every operation on it has completed.
+    ///
+    /// Closing a connection that is already closing only upgrades [`CloseMode::Flush`] to
+    /// [`CloseMode::Abort`].
+    pub fn close(&mut self, conn: ConnId, mode: CloseMode) -> Result<(), ConnError> {
+        let c = self.get_mut(conn).ok_or(ConnError::Stale)?;
+        let mut flags = c.flags | flag::CLOSING;
+        if mode == CloseMode::Abort {
+            flags |= flag::ABORT;
+        }
+        if flags == c.flags {
+            return Ok(());
+        }
+        let was = c.flags;
+        c.flags = flags;
+        if was & flag::CLOSING == 0 && was & flag::RECV_SUBMITTED != 0 {
+            self.ops.push(Pending::Cancel(conn, Op::Recv));
+        }
+        if mode == CloseMode::Abort && was & flag::SEND_SUBMITTED != 0 {
+            self.ops.push(Pending::Cancel(conn, Op::Send));
+        }
+        self.finish_if_done(conn.index);
+        Ok(())
+    }
+
+    fn get(&self, conn: ConnId) -> Option<&Conn> {
+        self.conns
+            .get(conn.index as usize)
+            .filter(|c| c.flags & flag::OPEN != 0 && c.generation == conn.generation)
+    }
+
+    fn get_mut(&mut self, conn: ConnId) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(conn.index as usize)
+            .filter(|c| c.flags & flag::OPEN != 0 && c.generation == conn.generation)
+    }
+
+    fn wait_timeout(&self, timeout: Option<Duration>) -> Option<Duration> {
+        if !self.finished.is_empty() || !self.ops.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        match (self.accept.paused_until, self.accept.wanted) {
+            (Some(until), true) => {
+                let left = until.saturating_duration_since(Instant::now());
+                Some(timeout.map_or(left, |t| t.min(left)))
+            }
+            _ => timeout,
+        }
+    }
+
+    /// Hands the operations asked for since the last turn to the backend.
+    fn submit(&mut self, port: &mut AnyPort) {
+        self.submit_accept(port);
+        let mut ops = std::mem::take(&mut self.ops);
+        for op in ops.drain(..) {
+            match op {
+                Pending::Recv(id) => {
+                    let Some(c) = self.get_mut(id) else { continue };
+                    if c.flags & flag::CLOSING != 0 {
+                        c.flags &= !flag::RECV;
+                        self.finish_if_done(id.index);
+                        continue;
+                    }
+                    c.flags |= flag::RECV_SUBMITTED;
+                    port.recv(sys::raw(c.socket.as_ref().unwrap()), id.token(Op::Recv));
+                }
+                Pending::Send(id) => {
+                    let Some(c) = self.get_mut(id) else { continue };
+                    if c.flags & flag::ABORT != 0 || c.queue.is_empty() {
+                        c.flags &= !flag::SEND;
+                        self.finish_if_done(id.index);
+                        continue;
+                    }
+                    c.flags |= flag::SEND_SUBMITTED;
+                    let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                    let n = c.queue.slices(&mut slices);
+                    let fd: Raw = sys::raw(c.socket.as_ref().unwrap());
+                    // SAFETY: the slices point into `Bytes` held by the connection's queue. They
+                    // are dropped only by `SendQueue::advance` or `clear`, which run after this
+                    // send's completion (`complete` with `Op::Send`), or never (the driver leaks
+                    // the table in `Drop` while a send is in flight). `Bytes` are immutable.
+                    unsafe { port.send(fd, id.token(Op::Send), &slices[..n]) };
+                }
+                Pending::Cancel(id, op) => {
+                    let Some(c) = self.get(id) else { continue };
+                    port.cancel(sys::raw(c.socket.as_ref().unwrap()), id.token(op));
+                }
+            }
+        }
+        self.ops = ops;
+    }
+
+    fn submit_accept(&mut self, port: &mut AnyPort) {
+        let a = &mut self.accept;
+        let Some(listener) = a.listener.as_ref() else {
+            return;
+        };
+        let paused = a.paused_until.is_some_and(|until| Instant::now() < until);
+        if !paused {
+            a.paused_until = None;
+        }
+        let want_armed = a.wanted && !paused;
+        if want_armed && !a.armed {
+            a.armed = true;
+            a.cancel_sent = false;
+            port.accept(sys::raw(listener));
+        } else if !want_armed && a.armed && !a.cancel_sent {
+            a.cancel_sent = true;
+            port.cancel_accept();
+        } else if !a.wanted && !a.armed {
+            a.listener = None;
+        }
+    }
+
+    /// Turns one backend completion into bookkeeping and, maybe, an event for the owner.
+    fn complete<'a>(&mut self, completion: Completion<'a>) -> Option<Event<'a>> {
+        match completion {
+            Completion::Accept { result, more } => {
+                if !more {
+                    self.accept.armed = false;
+                }
+                match result {
+                    Ok(socket) => {
+                        self.accept.backoff = ACCEPT_BACKOFF_MIN;
+                        Some(Event::Accepted(socket))
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => None,
+                    Err(e) => {
+                        if is_resource_shortage(&e) {
+                            let a = &mut self.accept;
+                            a.paused_until = Some(Instant::now() + a.backoff);
+                            a.backoff = (a.backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                        }
+                        Some(Event::AcceptError(e))
+                    }
+                }
+            }
+            Completion::Recv {
+                token,
+                result,
+                more,
+            } => {
+                let id = token.conn();
+                let c = self.conn_of(id)?;
+                if !more {
+                    c.flags &= !(flag::RECV | flag::RECV_SUBMITTED);
+                }
+                let closing = c.flags & flag::CLOSING != 0;
+                let event = match result {
+                    Ok([]) => {
+                        c.flags |= flag::READ_DONE;
+                        (!closing).then_some(Event::ReadClosed { conn: id })
+                    }
+                    Ok(data) => {
+                        if !more && !closing {
+                            c.flags |= flag::RECV;
+                            self.ops.push(Pending::Recv(id));
+                        }
+                        (!closing).then_some(Event::Received { conn: id, data })
+                    }
+                    Err(e) => {
+                        let errno = e.raw_os_error();
+                        if errno == Some(libc::ENOBUFS) && !more && !closing {
+                            // The buffer ring ran dry; buffers come back as callbacks return.
+                            c.flags |= flag::RECV;
+                            self.ops.push(Pending::Recv(id));
+                        } else if errno != Some(libc::ECANCELED) {
+                            self.fail(id, e);
+                        }
+                        None
+                    }
+                };
+                self.finish_if_done(id.index);
+                event
+            }
+            Completion::Send { token, result } => {
+                let id = token.conn();
+                let c = self.conn_of(id)?;
+                c.flags &= !(flag::SEND | flag::SEND_SUBMITTED);
+                match result {
+                    Ok(n) => {
+                        c.queue.advance(n);
+                        if !c.queue.is_empty() && c.flags & flag::ABORT == 0 {
+                            c.flags |= flag::SEND;
+                            self.ops.push(Pending::Send(id));
+                        }
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
+                    Err(e) => self.fail(id, e),
+                }
+                self.finish_if_done(id.index);
+                None
+            }
+            Completion::Wake => Some(Event::Woken),
+        }
+    }
+
+    /// The slot a completion belongs to. Completions always match their slot's generation: a slot
+    /// is reused only after all of its operations completed.
+    fn conn_of(&mut self, id: ConnId) -> Option<&mut Conn> {
+        let c = self.conns.get_mut(id.index as usize)?;
+        debug_assert!(
+            c.flags & flag::OPEN != 0 && c.generation == id.generation,
+            "completion for a closed connection"
+        );
+        (c.generation == id.generation && c.flags & flag::OPEN != 0).then_some(c)
+    }
+
+    /// An I/O error: remember it and close without flushing.
+    fn fail(&mut self, id: ConnId, error: io::Error) {
+        if let Some(c) = self.get_mut(id) {
+            c.error.get_or_insert(error);
+        }
+        let _ = self.close(id, CloseMode::Abort);
+    }
+
+    /// Closes the socket of a closing connection once nothing of it is in flight.
+    fn finish_if_done(&mut self, index: u32) {
+        let c = &mut self.conns[index as usize];
+        let busy = flag::RECV | flag::SEND;
+        if c.flags & flag::CLOSING == 0 || c.flags & busy != 0 {
+            return;
+        }
+        if c.flags & flag::ABORT == 0 && !c.queue.is_empty() {
+            // Flushing: a send is queued or in flight, or will be.
+            if c.flags & flag::SEND == 0 {
+                c.flags |= flag::SEND;
+                let id = ConnId {
+                    index,
+                    generation: c.generation,
+                };
+                self.ops.push(Pending::Send(id));
+            }
+            return;
+        }
+        let id = ConnId {
+            index,
+            generation: c.generation,
+        };
+        c.queue.clear();
+        c.socket = None;
+        c.flags = 0;
+        c.generation = next_generation(c.generation);
+        self.finished.push_back((id, c.error.take()));
+    }
+
+    fn report_finished<F: FnMut(&mut Io, Event<'_>)>(&mut self, f: &mut F) {
+        while let Some((conn, error)) = self.finished.pop_front() {
+            f(self, Event::Closed { conn, error });
+        }
+    }
+}
+
+fn is_resource_shortage(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}

@@ -1,0 +1,39 @@
+//! The completion port of iocp-server.
+//!
+//! The seed server is built on a Windows I/O completion port: operations are *posted* (`AcceptEx`,
+//! `WSARecv`, `WSASend`) and worker threads collect their *completions* with
+//! `GetQueuedCompletionStatus`. This crate gives that model to every platform, one [`Driver`] per
+//! worker thread:
+//!
+//! - **io_uring** on Linux: multishot accept, multishot receive from a provided-buffer ring (an
+//!   idle connection holds no receive buffer), gathering `sendmsg`;
+//! - **poll** (`mio`: epoll, kqueue) where io_uring is missing or forbidden, turning readiness into
+//!   the same completions;
+//! - **IOCP** on Windows.
+//!
+//! The driver owns every buffer the kernel may touch until that operation's completion has
+//! arrived: receive buffers belong to the backend and are lent to the completion callback;
+//! outgoing bytes ([`bytes::Bytes`]) sit in the connection's send queue until the kernel has sent
+//! them. A connection's slot is freed only when none of its operations is outstanding, and every
+//! completion carries the slot's generation ([`ConnId`]), so a completion can never reach the next
+//! connection that gets the slot.
+//!
+//! ```text
+//!            Io::attach / send / close          Driver::turn
+//!   owner ─────────────────────────────► Io ─────────────────► sys::Port (uring | poll | iocp)
+//!     ▲                                   │  submit                 │ wait
+//!     └──────────── Event ◄───────────────┴──── Completion ◄────────┘
+//! ```
+//!
+//! The OS layer and its contract are in `src/sys/mod.rs`.
+
+mod config;
+mod driver;
+mod queue;
+mod sys;
+mod token;
+
+pub use config::{Backend, BackendChoice, Config, Features, UringOptions};
+pub use driver::{CloseMode, ConnError, Driver, Event, Io};
+pub use sys::Waker;
+pub use token::{ConnId, GENERATION_BITS};

@@ -1,0 +1,255 @@
+//! The operating-system layer: one folder per backend, one contract for all of them.
+//!
+//! # The contract
+//!
+//! A backend is a *completion port* owned by one thread. The common layer above it
+//! ([`crate::Driver`]) submits operations, each tagged with a [`Token`], and the backend later hands
+//! back exactly one final completion per operation (multishot operations hand back several, the
+//! last one with `more == false`). A backend never decides what to do with a connection; it only
+//! reports what happened.
+//!
+//! | operation | io_uring | poll (`mio`) | IOCP |
+//! |---|---|---|---|
+//! | [`Port::accept`] | multishot `IORING_OP_ACCEPT` | `accept4` on readable | `AcceptEx` |
+//! | [`Port::recv`] | multishot `IORING_OP_RECV` + buffer ring | `read` on readable | `WSARecv` |
+//! | [`Port::send`] | `IORING_OP_SENDMSG` (gathering) | `writev` (on writable) | `WSASend` |
+//! | [`Port::cancel`] | `IORING_OP_ASYNC_CANCEL` | deregister | `CancelIoEx` |
+//! | [`Port::wait`] | `io_uring_enter` + reap | `epoll_wait` | `GetQueuedCompletionStatusEx` |
+//! | [`Waker::wake`] | `eventfd` write | `mio::Waker` | `PostQueuedCompletionStatus` |
+//!
+//! Rules every backend keeps:
+//!
+//! - **Receive is armed once and stays armed.** After [`Port::recv`] the backend delivers
+//!   [`Completion::Recv`] with data for as long as it can (`more == true`). It ends with a final
+//!   completion (`more == false`): end of stream (`Ok` with no data), an error, `ECANCELED` after
+//!   [`Port::cancel`], or `ENOBUFS` when its buffers ran out (the caller re-arms). Data is lent to
+//!   the callback only; the backend reclaims the buffer when the callback returns.
+//! - **Send takes what the socket takes.** [`Port::send`] completes with the number of bytes
+//!   accepted, which may be fewer than offered, even zero (a readiness backend completes with zero
+//!   when the socket becomes writable again); the caller submits the rest. The buffers are owned by
+//!   the caller, who keeps them unchanged until the completion (see the `# Safety` of
+//!   [`Port::send`]); the slice of `IoSlice`s itself is copied at submission.
+//! - **Every operation completes**, cancelled ones included, and the caller closes a socket only
+//!   when none of its operations is outstanding. So no
+//!   backend ever writes into, or reads from, memory that was freed.
+//! - **Accept is armed until cancelled**, like receive; `more == false` says it must be re-armed.
+//! - [`Port::wait`] returns without blocking when completions are already waiting, and returns
+//!   early (possibly with no completion) after a [`Waker::wake`] or the timeout.
+
+use std::io::{self, IoSlice};
+use std::time::Duration;
+
+use socket2::Socket;
+
+use crate::config::{Backend, BackendChoice, Config, Features};
+use crate::token::Token;
+
+#[cfg(unix)]
+pub(crate) mod poll;
+#[cfg(target_os = "linux")]
+pub(crate) mod uring;
+
+/// The raw handle a backend operates on.
+#[cfg(unix)]
+pub(crate) type Raw = std::os::fd::RawFd;
+
+/// The raw handle of a socket.
+#[cfg(unix)]
+pub(crate) fn raw(socket: &Socket) -> Raw {
+    use std::os::fd::AsRawFd;
+    socket.as_raw_fd()
+}
+
+/// What a backend hands back for one operation.
+pub(crate) enum Completion<'a> {
+    /// A connection was accepted (the socket is non-blocking), or accepting failed.
+    Accept {
+        result: io::Result<Socket>,
+        /// The accept is still armed.
+        more: bool,
+    },
+    /// Data arrived (`Ok` with bytes), the peer finished sending (`Ok` and empty), or the receive
+    /// failed.
+    Recv {
+        token: Token,
+        result: io::Result<&'a [u8]>,
+        /// The receive is still armed.
+        more: bool,
+    },
+    /// A send finished: how many bytes the socket took.
+    Send {
+        token: Token,
+        result: io::Result<usize>,
+    },
+    /// Another thread called [`Waker::wake`].
+    Wake,
+}
+
+/// What every backend provides. See the module documentation for the rules.
+pub(crate) trait Port {
+    /// Starts accepting connections on `listener`, a listening socket that outlives the accept.
+    fn accept(&mut self, listener: Raw);
+
+    /// Stops accepting: the armed accept completes with `more == false`.
+    fn cancel_accept(&mut self);
+
+    /// Arms receiving on `fd`; completions carry `token`.
+    fn recv(&mut self, fd: Raw, token: Token);
+
+    /// Sends as much of `bufs` as the socket takes, as one operation.
+    ///
+    /// # Safety
+    ///
+    /// The memory the slices point to must stay valid and unchanged until the completion for
+    /// `token` has been delivered by [`Port::wait`]. The slice array itself may be dropped as soon
+    /// as this returns.
+    unsafe fn send(&mut self, fd: Raw, token: Token, bufs: &[IoSlice<'_>]);
+
+    /// Asks the operation `token` on `fd` to finish early; its completion still arrives.
+    fn cancel(&mut self, fd: Raw, token: Token);
+
+    /// Keeps every buffer the kernel may still touch alive for ever: called when the port is
+    /// dropped while operations may be outstanding (a thread unwinding).
+    fn leak_buffers(&mut self);
+
+    /// Submits what was asked, waits up to `timeout` (`None`: forever) for at least one
+    /// completion, and hands every available completion to `sink`.
+    fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        sink: &mut dyn FnMut(Completion<'_>),
+    ) -> io::Result<()>;
+
+    /// A handle that wakes [`Port::wait`] from another thread.
+    fn waker(&self) -> Waker;
+}
+
+/// Wakes a driver's thread from any other thread (`PostQueuedCompletionStatus` on IOCP, an
+/// `eventfd` on io_uring, `mio::Waker` with the `poll` backend).
+#[derive(Clone)]
+pub struct Waker {
+    inner: std::sync::Arc<dyn WakeInner>,
+}
+
+pub(crate) trait WakeInner: Send + Sync {
+    fn wake(&self) -> io::Result<()>;
+}
+
+impl Waker {
+    pub(crate) fn new(inner: std::sync::Arc<dyn WakeInner>) -> Waker {
+        Waker { inner }
+    }
+
+    /// Makes the driver's current or next wait return.
+    pub fn wake(&self) -> io::Result<()> {
+        self.inner.wake()
+    }
+}
+
+impl std::fmt::Debug for Waker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Waker")
+    }
+}
+
+/// The backend chosen at run time.
+// One per worker thread, never moved after start: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum AnyPort {
+    #[cfg(target_os = "linux")]
+    Uring(uring::Port),
+    #[cfg(unix)]
+    Poll(poll::Port),
+}
+
+macro_rules! each {
+    ($self:ident, $p:ident => $e:expr) => {
+        match $self {
+            #[cfg(target_os = "linux")]
+            AnyPort::Uring($p) => $e,
+            #[cfg(unix)]
+            AnyPort::Poll($p) => $e,
+        }
+    };
+}
+
+impl AnyPort {
+    /// Builds the backend `config` asks for, falling back from io_uring to `poll` under `auto`.
+    pub(crate) fn new(config: &Config) -> io::Result<(AnyPort, Backend, Features)> {
+        match config.backend {
+            #[cfg(target_os = "linux")]
+            BackendChoice::Uring => {
+                let (port, features) = uring::Port::new(config)?;
+                Ok((AnyPort::Uring(port), Backend::Uring, features))
+            }
+            #[cfg(target_os = "linux")]
+            BackendChoice::Auto => match uring::Port::new(config) {
+                Ok((port, features)) => Ok((AnyPort::Uring(port), Backend::Uring, features)),
+                Err(error) => {
+                    let port = poll::Port::new(config)?;
+                    let features = Features {
+                        fallback: Some(uring::explain_failure(&error)),
+                        ..Features::default()
+                    };
+                    Ok((AnyPort::Poll(port), Backend::Poll, features))
+                }
+            },
+            #[cfg(all(unix, not(target_os = "linux")))]
+            BackendChoice::Auto => Ok((
+                AnyPort::Poll(poll::Port::new(config)?),
+                Backend::Poll,
+                Features::default(),
+            )),
+            #[cfg(unix)]
+            BackendChoice::Poll => Ok((
+                AnyPort::Poll(poll::Port::new(config)?),
+                Backend::Poll,
+                Features::default(),
+            )),
+            #[allow(unreachable_patterns)]
+            other => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("the {other} backend is not available on this platform"),
+            )),
+        }
+    }
+}
+
+impl Port for AnyPort {
+    fn accept(&mut self, listener: Raw) {
+        each!(self, p => p.accept(listener))
+    }
+
+    fn cancel_accept(&mut self) {
+        each!(self, p => p.cancel_accept())
+    }
+
+    fn recv(&mut self, fd: Raw, token: Token) {
+        each!(self, p => p.recv(fd, token))
+    }
+
+    unsafe fn send(&mut self, fd: Raw, token: Token, bufs: &[IoSlice<'_>]) {
+        // SAFETY: the caller upholds `Port::send`'s contract, which every backend shares.
+        each!(self, p => unsafe { p.send(fd, token, bufs) })
+    }
+
+    fn cancel(&mut self, fd: Raw, token: Token) {
+        each!(self, p => p.cancel(fd, token))
+    }
+
+    fn leak_buffers(&mut self) {
+        each!(self, p => p.leak_buffers())
+    }
+
+    fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        sink: &mut dyn FnMut(Completion<'_>),
+    ) -> io::Result<()> {
+        each!(self, p => p.wait(timeout, sink))
+    }
+
+    fn waker(&self) -> Waker {
+        each!(self, p => p.waker())
+    }
+}

@@ -1,0 +1,493 @@
+//! The io_uring backend: one ring per worker thread.
+//!
+//! - accept: one multishot `IORING_OP_ACCEPT` on the listening socket (one-shot, re-armed, where
+//!   multishot is missing);
+//! - receive: multishot `IORING_OP_RECV` picking buffers from a provided-buffer ring, so an idle
+//!   connection holds no buffer (one-shot `recv` into a pooled buffer where that is missing);
+//! - send: `IORING_OP_SENDMSG` gathering up to 64 queued messages, `MSG_NOSIGNAL`;
+//! - wake-up: an `eventfd` watched by a multishot `IORING_OP_POLL_ADD`.
+
+mod bufring;
+mod probe;
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use socket2::Socket;
+
+use super::{Completion, WakeInner, Waker};
+use crate::config::{Config, Features};
+use crate::token::{Op, Token};
+use bufring::BufRing;
+
+pub(crate) use probe::explain_failure;
+
+/// Setting this variable makes ring creation fail with `EPERM`, as a seccomp filter would.
+pub(crate) const FORCE_FAILURE_ENV: &str = "IOCP_FORCE_URING_FAILURE";
+
+/// `sendmsg` headers and their iovecs live here from `send` until the next submission: the kernel
+/// copies them when it consumes the entry (`IORING_FEAT_SUBMIT_STABLE`).
+const IOVEC_ARENA: usize = 4096;
+const MSG_ARENA: usize = 256;
+const BUFFER_GROUP: u16 = 0;
+
+pub(crate) struct Port {
+    ring: IoUring,
+    /// Receive buffers of multishot receives.
+    bufs: Option<BufRing>,
+    /// Buffers of one-shot receives, by connection index (fall-back path).
+    oneshot: Vec<Option<Box<[u8]>>>,
+    spare: Vec<Box<[u8]>>,
+    recv_size: usize,
+    /// Receives outstanding: the kernel may write into `bufs` or `oneshot` while this is non-zero.
+    recvs: usize,
+    multishot_accept: bool,
+    listener: RawFd,
+    iovecs: Box<[libc::iovec]>,
+    iovecs_used: usize,
+    msgs: Box<[libc::msghdr]>,
+    msgs_used: usize,
+    wake: Arc<EventFd>,
+    wake_armed: bool,
+    leak: bool,
+}
+
+impl Port {
+    pub(crate) fn new(config: &Config) -> io::Result<(Port, Features)> {
+        if config.uring.force_setup_failure
+            || std::env::var_os(FORCE_FAILURE_ENV).is_some_and(|v| v != "0")
+        {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        let kernel = probe::kernel_version();
+        let mut features = Features::default();
+        let entries = config.ring_entries.max(8);
+        let ring = if kernel >= (6, 1) {
+            let built = IoUring::builder()
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_submit_all()
+                .setup_cqsize(entries * 4)
+                .build(entries);
+            match built {
+                Ok(ring) => {
+                    features.defer_taskrun = true;
+                    ring
+                }
+                Err(_) => IoUring::builder()
+                    .setup_cqsize(entries * 4)
+                    .build(entries)?,
+            }
+        } else {
+            IoUring::builder()
+                .setup_cqsize(entries * 4)
+                .build(entries)?
+        };
+        if !ring.params().is_feature_submit_stable() || !ring.params().is_feature_nodrop() {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let mut probe = io_uring::Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        for code in [
+            opcode::Accept::CODE,
+            opcode::Recv::CODE,
+            opcode::SendMsg::CODE,
+            opcode::AsyncCancel::CODE,
+            opcode::PollAdd::CODE,
+        ] {
+            if !probe.is_supported(code) {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+        }
+
+        features.multishot_accept = kernel >= (5, 19) && !config.uring.no_multishot_accept;
+        if !features.multishot_accept {
+            features.notes.push(if config.uring.no_multishot_accept {
+                "multishot accept turned off by configuration".to_owned()
+            } else {
+                format!(
+                    "kernel {}.{} lacks multishot accept (5.19)",
+                    kernel.0, kernel.1
+                )
+            });
+        }
+        let mut bufs = None;
+        if kernel >= (6, 0) && !config.uring.no_multishot_recv {
+            let count = config.recv_buffer_count.max(1).next_power_of_two();
+            match BufRing::new(&ring, BUFFER_GROUP, count, config.recv_buffer_size) {
+                Ok(b) => bufs = Some(b),
+                Err(e) => features
+                    .notes
+                    .push(format!("buffer ring registration failed: {e}")),
+            }
+        } else {
+            features.notes.push(if config.uring.no_multishot_recv {
+                "multishot recv turned off by configuration".to_owned()
+            } else {
+                format!(
+                    "kernel {}.{} lacks multishot recv (6.0)",
+                    kernel.0, kernel.1
+                )
+            });
+        }
+        features.multishot_recv = bufs.is_some();
+        if bufs.is_none() {
+            features
+                .notes
+                .push("each armed receive holds a buffer".to_owned());
+        }
+
+        // SAFETY: `eventfd` has no memory-safety preconditions; the result is checked.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `efd` is a fresh descriptor that nothing else owns.
+        let wake = Arc::new(EventFd(unsafe { OwnedFd::from_raw_fd(efd) }));
+
+        let empty_msg = {
+            // SAFETY: `msghdr` is plain old data; all-zero is a valid value.
+            unsafe { std::mem::zeroed::<libc::msghdr>() }
+        };
+        let mut port = Port {
+            ring,
+            bufs,
+            oneshot: (0..config.capacity).map(|_| None).collect(),
+            spare: Vec::new(),
+            recv_size: config.recv_buffer_size as usize,
+            recvs: 0,
+            multishot_accept: features.multishot_accept,
+            listener: -1,
+            iovecs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0
+                };
+                IOVEC_ARENA
+            ]
+            .into_boxed_slice(),
+            iovecs_used: 0,
+            msgs: vec![empty_msg; MSG_ARENA].into_boxed_slice(),
+            msgs_used: 0,
+            wake,
+            wake_armed: false,
+            leak: false,
+        };
+        port.arm_wake();
+        Ok((port, features))
+    }
+
+    fn push(&mut self, entry: &squeue::Entry) {
+        loop {
+            // SAFETY: every entry built by this backend points only at memory that outlives the
+            // operation: buffers owned by the caller until completion (`send`), this port's
+            // buffers (kept or leaked until no receive is outstanding), or header arenas that
+            // live until the entry has been submitted (`flush_submissions`).
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return;
+            }
+            self.flush_submissions();
+        }
+    }
+
+    /// Submits every queued entry; the `sendmsg` arenas are free again afterwards.
+    fn flush_submissions(&mut self) {
+        loop {
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    // The completion queue is full: the caller drains it on its next wait.
+                }
+                Err(e) => panic!("io_uring submit failed: {e}"),
+            }
+            if self.ring.submission().is_empty() {
+                break;
+            }
+            // Only a full completion queue stops the kernel taking entries: wait for room.
+            let _ = self.ring.submit_and_wait(1);
+        }
+        self.iovecs_used = 0;
+        self.msgs_used = 0;
+    }
+
+    fn arm_wake(&mut self) {
+        let entry = opcode::PollAdd::new(types::Fd(self.wake.0.as_raw_fd()), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(Token::bare(Op::Wake).0);
+        self.push(&entry);
+        self.wake_armed = true;
+    }
+
+    fn arm_accept(&mut self) {
+        let entry = if self.multishot_accept {
+            opcode::AcceptMulti::new(types::Fd(self.listener))
+                .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+                .build()
+        } else {
+            opcode::Accept::new(
+                types::Fd(self.listener),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            .build()
+        };
+        self.push(&entry.user_data(Token::bare(Op::Accept).0));
+    }
+}
+
+impl super::Port for Port {
+    fn accept(&mut self, listener: RawFd) {
+        self.listener = listener;
+        self.arm_accept();
+    }
+
+    fn cancel_accept(&mut self) {
+        let entry = opcode::AsyncCancel::new(Token::bare(Op::Accept).0)
+            .build()
+            .user_data(Token::bare(Op::Cancel).0);
+        self.push(&entry);
+    }
+
+    fn recv(&mut self, fd: RawFd, token: Token) {
+        let entry = if let Some(bufs) = &self.bufs {
+            opcode::RecvMulti::new(types::Fd(fd), bufs.group).build()
+        } else {
+            let index = token.conn().index as usize;
+            let size = self.recv_size;
+            let buf = self.oneshot[index].get_or_insert_with(|| {
+                self.spare
+                    .pop()
+                    .unwrap_or_else(|| vec![0; size].into_boxed_slice())
+            });
+            opcode::Recv::new(types::Fd(fd), buf.as_mut_ptr(), buf.len() as u32).build()
+        };
+        self.recvs += 1;
+        self.push(&entry.user_data(token.0));
+    }
+
+    unsafe fn send(&mut self, fd: RawFd, token: Token, bufs: &[IoSlice<'_>]) {
+        if self.iovecs_used + bufs.len() > IOVEC_ARENA || self.msgs_used == MSG_ARENA {
+            self.flush_submissions();
+        }
+        let iov = &mut self.iovecs[self.iovecs_used..self.iovecs_used + bufs.len()];
+        for (dst, src) in iov.iter_mut().zip(bufs) {
+            *dst = libc::iovec {
+                iov_base: src.as_ptr() as *mut libc::c_void,
+                iov_len: src.len(),
+            };
+        }
+        let msg = &mut self.msgs[self.msgs_used];
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = bufs.len() as _;
+        let msg: *const libc::msghdr = msg;
+        self.iovecs_used += bufs.len();
+        self.msgs_used += 1;
+        let entry = opcode::SendMsg::new(types::Fd(fd), msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(token.0);
+        self.push(&entry);
+    }
+
+    fn cancel(&mut self, _fd: RawFd, token: Token) {
+        let entry = opcode::AsyncCancel::new(token.0)
+            .build()
+            .user_data(Token::bare(Op::Cancel).0);
+        self.push(&entry);
+    }
+
+    fn leak_buffers(&mut self) {
+        self.leak = true;
+    }
+
+    fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        sink: &mut dyn FnMut(Completion<'_>),
+    ) -> io::Result<()> {
+        if !self.wake_armed {
+            self.arm_wake();
+        }
+        let result = match timeout {
+            None => self.ring.submit_and_wait(1),
+            Some(t) => {
+                let ts = types::Timespec::from(t);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        match result {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+        // Everything queued was consumed by that enter (`IORING_SETUP_SUBMIT_ALL`), unless the
+        // completion queue was full; then submit again after draining.
+        let pending_submissions = !self.ring.submission().is_empty();
+        if !pending_submissions {
+            self.iovecs_used = 0;
+            self.msgs_used = 0;
+        }
+
+        let Port {
+            ring,
+            bufs,
+            oneshot,
+            spare,
+            recvs,
+            wake,
+            wake_armed,
+            ..
+        } = self;
+        let mut cq = ring.completion();
+        cq.sync();
+        for cqe in &mut cq {
+            let token = Token(cqe.user_data());
+            let res = cqe.result();
+            let flags = cqe.flags();
+            let more = cqueue::more(flags);
+            match token.op() {
+                Some(Op::Recv) => {
+                    if !more {
+                        *recvs -= 1;
+                    }
+                    let result = if res < 0 {
+                        Err(io::Error::from_raw_os_error(-res))
+                    } else {
+                        Ok(res as usize)
+                    };
+                    if let Some(bufs) = bufs.as_mut() {
+                        match (result, cqueue::buffer_select(flags)) {
+                            (Ok(n), Some(bid)) => {
+                                sink(Completion::Recv {
+                                    token,
+                                    result: Ok(bufs.data(bid, n)),
+                                    more,
+                                });
+                                bufs.push(bid);
+                            }
+                            (Ok(_), None) => sink(Completion::Recv {
+                                token,
+                                result: Ok(&[]),
+                                more,
+                            }),
+                            (Err(e), bid) => {
+                                if let Some(bid) = bid {
+                                    bufs.push(bid);
+                                }
+                                sink(Completion::Recv {
+                                    token,
+                                    result: Err(e),
+                                    more,
+                                });
+                            }
+                        }
+                    } else {
+                        let index = token.conn().index as usize;
+                        let buf = oneshot[index]
+                            .take()
+                            .expect("one-shot receive without buffer");
+                        sink(Completion::Recv {
+                            token,
+                            result: result.map(|n| &buf[..n]),
+                            more: false,
+                        });
+                        spare.push(buf);
+                    }
+                }
+                Some(Op::Send) => sink(Completion::Send {
+                    token,
+                    result: if res < 0 {
+                        Err(io::Error::from_raw_os_error(-res))
+                    } else {
+                        Ok(res as usize)
+                    },
+                }),
+                Some(Op::Accept) => {
+                    let result = if res < 0 {
+                        Err(io::Error::from_raw_os_error(-res))
+                    } else {
+                        // SAFETY: the kernel just created this descriptor for us.
+                        Ok(unsafe { Socket::from_raw_fd(res) })
+                    };
+                    sink(Completion::Accept { result, more });
+                }
+                Some(Op::Wake) => {
+                    let mut counter = 0u64;
+                    // SAFETY: reads 8 bytes into a local `u64` from our non-blocking eventfd.
+                    unsafe {
+                        libc::read(
+                            wake.0.as_raw_fd(),
+                            (&mut counter as *mut u64).cast(),
+                            size_of::<u64>(),
+                        );
+                    }
+                    if !more {
+                        *wake_armed = false;
+                    }
+                    sink(Completion::Wake);
+                }
+                Some(Op::Cancel) | None => {}
+            }
+        }
+        drop(cq);
+        if let Some(bufs) = bufs.as_ref() {
+            bufs.publish();
+        }
+        if pending_submissions {
+            self.flush_submissions();
+        }
+        Ok(())
+    }
+
+    fn waker(&self) -> Waker {
+        Waker::new(self.wake.clone())
+    }
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        if self.leak || self.recvs > 0 {
+            if let Some(bufs) = self.bufs.take() {
+                bufs.leak();
+            }
+            std::mem::forget(std::mem::take(&mut self.oneshot));
+        }
+        // `ring` is dropped before `bufs` (field order), so the kernel lets go of the buffer
+        // ring before its memory is unmapped.
+    }
+}
+
+struct EventFd(OwnedFd);
+
+impl WakeInner for EventFd {
+    fn wake(&self) -> io::Result<()> {
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a local `u64` to our eventfd.
+        let n = unsafe {
+            libc::write(
+                self.0.as_raw_fd(),
+                (&one as *const u64).cast(),
+                size_of::<u64>(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            // A full counter means a wake-up is already pending.
+            if e.kind() != io::ErrorKind::WouldBlock {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
