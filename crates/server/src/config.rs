@@ -1,0 +1,57 @@
+//! The server's settings.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use iocp_driver::{BackendChoice, UringOptions};
+
+/// Settings of a [`crate::Server`]. `Config::default()` is a sensible echo-server set-up on the
+/// tutorial's address, `127.0.0.1:11021`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to listen on.
+    pub addr: SocketAddr,
+    /// Worker threads, each with its own completion port (default: the number of cores).
+    pub workers: usize,
+    /// Session slots allocated at start; a connection beyond them is refused.
+    pub max_sessions: u32,
+    /// Bytes a session may have queued for sending; past it the session is disconnected
+    /// ([`crate::CloseReason::SendQueueFull`]).
+    pub send_queue_limit: usize,
+    /// How long a closing session may take to flush its queue, and how long shutdown waits for
+    /// all of them, before the rest is dropped.
+    pub linger: Duration,
+    /// Backend of the completion ports.
+    pub backend: BackendChoice,
+    /// Disable Nagle's algorithm on every session (`TCP_NODELAY`), as game servers do.
+    pub nodelay: bool,
+    /// Listen backlog.
+    pub backlog: i32,
+    /// Size of one receive buffer.
+    pub recv_buffer_size: u32,
+    /// Receive buffers per worker (io_uring buffer ring).
+    pub recv_buffer_count: u16,
+    /// Submission queue entries per worker (io_uring).
+    pub ring_entries: u32,
+    /// io_uring features to turn off (for testing the fall-back paths).
+    pub uring: UringOptions,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 11021)),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_sessions: 10_000,
+            send_queue_limit: 4 * 1024 * 1024,
+            linger: Duration::from_secs(5),
+            backend: BackendChoice::Auto,
+            nodelay: true,
+            backlog: 1024,
+            recv_buffer_size: 16 * 1024,
+            recv_buffer_count: 256,
+            ring_entries: 1024,
+            uring: UringOptions::default(),
+        }
+    }
+}
