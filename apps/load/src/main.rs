@@ -1,0 +1,2 @@
+//! iocp-load: the load generator (in progress).
+fn main() {}
