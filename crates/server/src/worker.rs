@@ -15,7 +15,7 @@ use socket2::Socket;
 
 use crate::error::{Error, Result};
 use crate::handler::{Context, Handler};
-use crate::server::{Command, ServerHandle};
+use crate::server::{Command, ServerHandle, Shared};
 use crate::session::{CloseReason, SessionId};
 
 /// Bytes to send: borrowed (copied into the send queue) or shared.
@@ -27,12 +27,26 @@ pub(crate) enum Payload<'a> {
 /// Refused connections and accept errors are logged at most this often per worker.
 const LOG_INTERVAL: Duration = Duration::from_secs(1);
 
+/// What a worker calls into: the application's handler, and the handle its callbacks get.
+pub(crate) struct App<'a, H> {
+    handler: &'a H,
+    handle: &'a ServerHandle,
+}
+
+impl<H> Clone for App<'_, H> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<H> Copy for App<'_, H> {}
+
 /// The part of a worker that callbacks reach through [`Context`].
 pub(crate) struct Local {
     worker: usize,
     /// Global index of this worker's first slot.
     base: u32,
-    handle: ServerHandle,
+    shared: Arc<Shared>,
     /// Why each slot's session is closing, once that is decided.
     reasons: Vec<Option<CloseReason>>,
     /// Sessions flushing before close, with the time after which they are cut off.
@@ -72,7 +86,7 @@ impl Local {
     }
 
     fn stats(&self) -> &crate::stats::WorkerStats {
-        &self.handle.shared.stats[self.worker]
+        &self.shared.stats[self.worker]
     }
 
     /// Queues bytes on a session of this worker, enforcing the queue limit.
@@ -89,7 +103,7 @@ impl Local {
         };
         let queued = queued.map_err(|_| Error::SessionClosed(session))?;
         self.stats().sent(len);
-        let limit = self.handle.shared.config.send_queue_limit;
+        let limit = self.shared.config.send_queue_limit;
         if queued > limit {
             tracing::warn!(
                 "session {session}: {queued} bytes queued, over the limit of {limit}: disconnecting"
@@ -124,7 +138,7 @@ impl Local {
             *slot = Some(reason);
         }
         if mode == CloseMode::Flush {
-            let deadline = Instant::now() + self.handle.shared.config.linger;
+            let deadline = Instant::now() + self.shared.config.linger;
             self.lingering.push_back((conn, deadline));
         }
     }
@@ -152,8 +166,14 @@ impl Local {
     }
 
     /// Gives a connection its slot and tells the handler.
-    fn open_session<H: Handler>(&mut self, io: &mut Io, handler: &H, index: u32, socket: Socket) {
-        let shared = self.handle.shared.clone();
+    fn open_session<H: Handler>(
+        &mut self,
+        io: &mut Io,
+        app: App<'_, H>,
+        index: u32,
+        socket: Socket,
+    ) {
+        let shared = self.shared.clone();
         if self.shutting_down {
             shared.free_slot(self.worker, index);
             self.stats().refused();
@@ -186,7 +206,7 @@ impl Local {
         shared.slots.set_open(session);
         self.stats().accepted();
         tracing::trace!("session {session}: connected from {peer}");
-        self.call(io, |h, ctx| h.on_connect(ctx, session, peer), handler);
+        self.call(io, app, |h, ctx| h.on_connect(ctx, session, peer));
     }
 
     fn refuse(&mut self) {
@@ -197,7 +217,7 @@ impl Local {
             .last_refusal_log
             .is_none_or(|t| now.duration_since(t) >= LOG_INTERVAL)
         {
-            let max = self.handle.shared.config.max_sessions;
+            let max = self.shared.config.max_sessions;
             tracing::warn!(
                 "session pool full ({max} sessions): refused {} connection(s)",
                 self.refused_since_log
@@ -218,28 +238,26 @@ impl Local {
         }
     }
 
-    fn call<H: Handler>(&mut self, io: &mut Io, f: impl FnOnce(&H, &mut Context<'_>), handler: &H) {
-        let handle = self.handle.clone();
+    fn call<H: Handler>(
+        &mut self,
+        io: &mut Io,
+        app: App<'_, H>,
+        f: impl FnOnce(&H, &mut Context<'_>),
+    ) {
         let mut ctx = Context {
             io,
             local: self,
-            handle: &handle,
+            handle: app.handle,
         };
-        f(handler, &mut ctx);
+        f(app.handler, &mut ctx);
     }
 
-    fn on_event<H: Handler>(&mut self, io: &mut Io, handler: &H, event: Event<'_>) {
+    fn on_event<H: Handler>(&mut self, io: &mut Io, app: App<'_, H>, event: Event<'_>) {
         match event {
             Event::Received { conn, data } => {
                 self.stats().received(data.len());
                 let session = self.session(conn);
-                let handle = &self.handle.clone();
-                let mut ctx = Context {
-                    io,
-                    local: self,
-                    handle,
-                };
-                handler.on_receive(&mut ctx, session, data);
+                self.call(io, app, |h, ctx| h.on_receive(ctx, session, data));
             }
             Event::ReadClosed { conn } => {
                 self.close_conn(io, conn, CloseReason::PeerClosed, CloseMode::Flush);
@@ -250,7 +268,7 @@ impl Local {
                     .take()
                     .or_else(|| error.as_ref().map(CloseReason::from_io))
                     .unwrap_or(CloseReason::PeerClosed);
-                let shared = self.handle.shared.clone();
+                let shared = self.shared.clone();
                 shared.slots.set_closed(session);
                 self.open -= 1;
                 self.stats().closed(&reason);
@@ -258,18 +276,18 @@ impl Local {
                     Some(e) => tracing::debug!("session {session}: closed: {reason} ({e})"),
                     None => tracing::debug!("session {session}: closed: {reason}"),
                 }
-                self.call(io, |h, ctx| h.on_close(ctx, session, reason), handler);
+                self.call(io, app, |h, ctx| h.on_close(ctx, session, reason));
                 shared.free_slot(self.worker, conn.index);
             }
             Event::Accepted(socket) => {
-                let shared = self.handle.shared.clone();
+                let shared = self.shared.clone();
                 if shared.is_shutting_down() {
                     self.stats().refused();
                     return;
                 }
                 match shared.take_slot() {
                     Some((w, index)) if w == self.worker => {
-                        self.open_session(io, handler, index, socket)
+                        self.open_session(io, app, index, socket)
                     }
                     Some((w, index)) => shared.inboxes[w].push(Command::Adopt(index, socket)),
                     None => self.refuse(),
@@ -280,7 +298,7 @@ impl Local {
         }
     }
 
-    fn run_command<H: Handler>(&mut self, io: &mut Io, handler: &H, command: Command) {
+    fn run_command<H: Handler>(&mut self, io: &mut Io, app: App<'_, H>, command: Command) {
         match command {
             Command::Send(session, bytes) => {
                 if let Err(e) = self.send(io, session, Payload::Shared(bytes)) {
@@ -290,7 +308,7 @@ impl Local {
             Command::Close(session, reason) => {
                 let _ = self.close(io, session, reason);
             }
-            Command::Adopt(index, socket) => self.open_session(io, handler, index, socket),
+            Command::Adopt(index, socket) => self.open_session(io, app, index, socket),
             Command::Broadcast(bytes) => {
                 for session in self.open_sessions(io) {
                     let _ = self.send(io, session, Payload::Shared(bytes.clone()));
@@ -301,7 +319,7 @@ impl Local {
     }
 
     fn open_sessions(&self, io: &Io) -> Vec<SessionId> {
-        let slots = &self.handle.shared.slots;
+        let slots = &self.shared.slots;
         (0..self.reasons.len() as u32)
             .filter_map(|i| {
                 let session = slots.session_at(self.base + i)?;
@@ -365,7 +383,7 @@ pub(crate) fn run<H: Handler>(
     let mut local = Local {
         worker,
         base,
-        handle,
+        shared: shared.clone(),
         reasons: vec![None; capacity as usize],
         lingering: VecDeque::new(),
         open: 0,
@@ -374,21 +392,24 @@ pub(crate) fn run<H: Handler>(
         last_refusal_log: None,
         last_accept_error_log: None,
     };
-    let handler = &*handler;
+    let app = App {
+        handler: &*handler,
+        handle: &handle,
+    };
     let mut commands = Vec::new();
     loop {
         let timeout = local
             .next_deadline()
             .map(|d| d.saturating_duration_since(Instant::now()));
         driver
-            .turn(timeout, |io, event| local.on_event(io, handler, event))
+            .turn(timeout, |io, event| local.on_event(io, app, event))
             .map_err(|source| Error::Io {
                 op: "waiting for completions",
                 source,
             })?;
         shared.inboxes[worker].take(&mut commands);
         for command in commands.drain(..) {
-            local.run_command(driver.io(), handler, command);
+            local.run_command(driver.io(), app, command);
         }
         local.expire_lingering(driver.io());
         if local.shutting_down && local.open == 0 && !driver.io().is_accepting() {
