@@ -1,0 +1,2 @@
+//! iocp-chat (in progress).
+fn main() {}
