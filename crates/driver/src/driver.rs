@@ -252,8 +252,19 @@ impl Io {
     }
 
     /// Starts accepting connections on `listener` (a listening socket). The driver keeps its own
-    /// handle to it (a duplicate) for as long as it accepts.
+    /// handle to it (a duplicate) for as long as it accepts, and makes it non-blocking (a flag
+    /// the caller's handle shares).
+    ///
+    /// Fails if an accept is still armed: call [`Io::stop_accepting`] and turn until
+    /// [`Io::is_accepting`] is false first.
     pub fn listen(&mut self, listener: &Socket) -> io::Result<()> {
+        if self.accept.armed {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "already accepting: stop_accepting() and wait for !is_accepting() first",
+            ));
+        }
+        listener.set_nonblocking(true)?;
         self.accept.listener = Some(listener.try_clone()?);
         self.accept.wanted = true;
         Ok(())
@@ -470,7 +481,9 @@ impl Io {
                     }
                     Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => None,
                     Err(e) => {
-                        if is_resource_shortage(&e) {
+                        // Out of descriptors or memory: pause. Any other error that disarmed the
+                        // accept pauses too, so a lasting error cannot make it spin.
+                        if is_resource_shortage(&e) || !more {
                             let a = &mut self.accept;
                             a.paused_until = Some(Instant::now() + a.backoff);
                             a.backoff = (a.backoff * 2).min(ACCEPT_BACKOFF_MAX);

@@ -49,6 +49,7 @@ impl Token {
 
     /// A token with no connection (accept, wake-up).
     #[inline]
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn bare(op: Op) -> Token {
         Token::new(op, 0, 0)
     }

@@ -40,11 +40,14 @@ pub enum CloseReason {
     Protocol(String),
     /// The server shut down.
     Shutdown,
+    /// The handler panicked in a callback of this session (the panic is caught: it costs this
+    /// session only).
+    HandlerPanicked,
 }
 
 impl CloseReason {
     /// Number of distinct kinds, for statistics.
-    pub const KINDS: usize = 7;
+    pub const KINDS: usize = 8;
 
     /// A small index per kind, for statistics.
     pub fn kind_index(&self) -> usize {
@@ -56,12 +59,13 @@ impl CloseReason {
             CloseReason::Closed => 4,
             CloseReason::Protocol(_) => 5,
             CloseReason::Shutdown => 6,
+            CloseReason::HandlerPanicked => 7,
         }
     }
 
     /// Short names of the kinds, in [`CloseReason::kind_index`] order.
     pub const KIND_NAMES: [&'static str; Self::KINDS] = [
-        "peer", "reset", "error", "queue", "app", "protocol", "shutdown",
+        "peer", "reset", "error", "queue", "app", "protocol", "shutdown", "panic",
     ];
 
     pub(crate) fn from_io(error: &io::Error) -> CloseReason {
@@ -84,6 +88,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Closed => f.write_str("closed by the server"),
             CloseReason::Protocol(why) => write!(f, "protocol error: {why}"),
             CloseReason::Shutdown => f.write_str("server shutdown"),
+            CloseReason::HandlerPanicked => f.write_str("the handler panicked"),
         }
     }
 }

@@ -206,7 +206,7 @@ impl Local {
         shared.slots.set_open(session);
         self.stats().accepted();
         tracing::trace!("session {session}: connected from {peer}");
-        self.call(io, app, |h, ctx| h.on_connect(ctx, session, peer));
+        self.call(io, app, session, |h, ctx| h.on_connect(ctx, session, peer));
     }
 
     fn refuse(&mut self) {
@@ -238,10 +238,13 @@ impl Local {
         }
     }
 
+    /// Runs a callback of `session`. A panic in it costs that session only: it is caught, logged,
+    /// and the session is closed ([`CloseReason::HandlerPanicked`]).
     fn call<H: Handler>(
         &mut self,
         io: &mut Io,
         app: App<'_, H>,
+        session: SessionId,
         f: impl FnOnce(&H, &mut Context<'_>),
     ) {
         let mut ctx = Context {
@@ -249,7 +252,13 @@ impl Local {
             local: self,
             handle: app.handle,
         };
-        f(app.handler, &mut ctx);
+        let caught =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(app.handler, &mut ctx)));
+        if caught.is_err() {
+            tracing::error!("session {session}: the handler panicked; closing the session");
+            let conn = self.conn(session);
+            self.close_conn(io, conn, CloseReason::HandlerPanicked, CloseMode::Abort);
+        }
     }
 
     fn on_event<H: Handler>(&mut self, io: &mut Io, app: App<'_, H>, event: Event<'_>) {
@@ -257,7 +266,7 @@ impl Local {
             Event::Received { conn, data } => {
                 self.stats().received(data.len());
                 let session = self.session(conn);
-                self.call(io, app, |h, ctx| h.on_receive(ctx, session, data));
+                self.call(io, app, session, |h, ctx| h.on_receive(ctx, session, data));
             }
             Event::ReadClosed { conn } => {
                 self.close_conn(io, conn, CloseReason::PeerClosed, CloseMode::Flush);
@@ -276,7 +285,7 @@ impl Local {
                     Some(e) => tracing::debug!("session {session}: closed: {reason} ({e})"),
                     None => tracing::debug!("session {session}: closed: {reason}"),
                 }
-                self.call(io, app, |h, ctx| h.on_close(ctx, session, reason));
+                self.call(io, app, session, |h, ctx| h.on_close(ctx, session, reason));
                 shared.free_slot(self.worker, conn.index);
             }
             Event::Accepted(socket) => {

@@ -20,7 +20,8 @@ impl Handler for Echo {
     }
 
     fn on_receive(&self, ctx: &mut Context<'_>, session: SessionId, data: &[u8]) {
-        ctx.send(session, data).expect("echo");
+        // A failure closes the session; the test then sees the connection end early.
+        let _ = ctx.send(session, data);
     }
 
     fn on_close(&self, _: &mut Context<'_>, session: SessionId, reason: CloseReason) {
@@ -78,7 +79,12 @@ fn many_clients_random_sizes(backend: BackendChoice) {
 /// One 16 MiB message, written while the echo is read, comes back intact (the server's sends are
 /// partial many times over).
 fn sixteen_mib_message(backend: BackendChoice) {
-    let (server, _log) = echo_server(backend);
+    // The client reads while it writes, but on a busy machine its reader may lag far behind its
+    // writer: a limit above the message keeps this test about integrity, not about the limit.
+    let mut config = config(backend);
+    config.send_queue_limit = 64 * 1024 * 1024;
+    let log = Arc::new(Log::default());
+    let server = start(config, Echo(log));
     let mut stream = connect(server.local_addr());
     let data = Rng::new(16).bytes(16 * 1024 * 1024);
     let back = echo(&mut stream, &data);

@@ -190,6 +190,44 @@ fn slow_reader_is_disconnected(backend: BackendChoice) {
     stop_within(server, Duration::from_secs(10));
 }
 
+/// Echo that panics when a message starts with `!`.
+struct Fragile;
+
+impl Handler for Fragile {
+    fn on_receive(&self, ctx: &mut Context<'_>, session: SessionId, data: &[u8]) {
+        assert!(data[0] != b'!', "the handler was asked to panic");
+        let _ = ctx.send(session, data);
+    }
+}
+
+/// A panic in the handler costs only the session it ran for: that one is closed, the others
+/// keep echoing, and the server keeps accepting.
+fn handler_panic_costs_one_session(backend: BackendChoice) {
+    let server = start(config(backend), Fragile);
+    let addr = server.local_addr();
+    let mut good: Vec<_> = (0..5).map(|_| connect(addr)).collect();
+    for g in &mut good {
+        assert_eq!(echo(g, b"before"), b"before");
+    }
+    let mut bad = connect(addr);
+    bad.write_all(b"!boom").unwrap();
+    let (got, _) = read_to_end_or_reset(&mut bad);
+    assert!(got.is_empty());
+    for g in &mut good {
+        assert_eq!(echo(g, b"after"), b"after");
+    }
+    let mut late = connect(addr);
+    assert_eq!(echo(&mut late, b"new client"), b"new client");
+    wait_until(Duration::from_secs(10), "the panic to be counted", || {
+        server
+            .handle()
+            .stats()
+            .closed_for(&CloseReason::HandlerPanicked)
+            == 1
+    });
+    stop_within(server, Duration::from_secs(10));
+}
+
 /// Echoes whole frames (the client frames its messages with the tutorial's header), so that
 /// frames sent from other threads can be interleaved between them.
 struct FrameEcho {
@@ -331,6 +369,7 @@ fn sends_from_other_threads_arrive_in_order(backend: BackendChoice) {
 
 backend_tests!(
     stale_session_id_is_refused,
+    handler_panic_costs_one_session,
     full_pool_refuses_cleanly,
     slow_reader_is_disconnected,
     sends_from_other_threads_arrive_in_order,

@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | [`Port::accept`] | multishot `IORING_OP_ACCEPT` | `accept4` on readable | `AcceptEx` |
 //! | [`Port::recv`] | multishot `IORING_OP_RECV` + buffer ring | `read` on readable | `WSARecv` |
-//! | [`Port::send`] | `IORING_OP_SENDMSG` (gathering) | `writev` (on writable) | `WSASend` |
+//! | [`Port::send`] | `IORING_OP_SENDMSG` (gathering) | `sendmsg` at once; 0 bytes after writable when full | `WSASend` |
 //! | [`Port::cancel`] | `IORING_OP_ASYNC_CANCEL` | deregister | `CancelIoEx` |
 //! | [`Port::wait`] | `io_uring_enter` + reap | `epoll_wait` | `GetQueuedCompletionStatusEx` |
 //! | [`Waker::wake`] | `eventfd` write | `mio::Waker` | `PostQueuedCompletionStatus` |
