@@ -51,6 +51,10 @@ pub fn raise_nofile_limit_or_warn() {
 /// else, above all running out of descriptors (`EMFILE`, `ENFILE`), buffers or
 /// memory, returns `true`, since retrying immediately would only spin.
 pub fn accept_needs_backoff(err: &io::Error) -> bool {
+    #[cfg(target_os = "linux")]
+    if err.raw_os_error() == Some(libc::ENONET) {
+        return false;
+    }
     !matches!(
         err.raw_os_error(),
         Some(
@@ -64,7 +68,6 @@ pub fn accept_needs_backoff(err: &io::Error) -> bool {
                 | libc::ENOPROTOOPT
                 | libc::EHOSTDOWN
                 | libc::EHOSTUNREACH
-                | libc::ENONET
                 | libc::EOPNOTSUPP
         )
     )
