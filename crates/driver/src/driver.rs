@@ -479,11 +479,11 @@ impl Io {
                         self.accept.backoff = ACCEPT_BACKOFF_MIN;
                         Some(Event::Accepted(socket))
                     }
-                    Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => None,
+                    Err(e) if sys::is_canceled(&e) => None,
                     Err(e) => {
                         // Out of descriptors or memory: pause. Any other error that disarmed the
                         // accept pauses too, so a lasting error cannot make it spin.
-                        if is_resource_shortage(&e) || !more {
+                        if sys::is_resource_shortage(&e) || !more {
                             let a = &mut self.accept;
                             a.paused_until = Some(Instant::now() + a.backoff);
                             a.backoff = (a.backoff * 2).min(ACCEPT_BACKOFF_MAX);
@@ -516,12 +516,11 @@ impl Io {
                         (!closing).then_some(Event::Received { conn: id, data })
                     }
                     Err(e) => {
-                        let errno = e.raw_os_error();
-                        if errno == Some(libc::ENOBUFS) && !more && !closing {
+                        if sys::is_out_of_buffers(&e) && !more && !closing {
                             // The buffer ring ran dry; buffers come back as callbacks return.
                             c.flags |= flag::RECV;
                             self.ops.push(Pending::Recv(id));
-                        } else if errno != Some(libc::ECANCELED) {
+                        } else if !sys::is_canceled(&e) {
                             self.fail(id, e);
                         }
                         None
@@ -542,7 +541,7 @@ impl Io {
                             self.ops.push(Pending::Send(id));
                         }
                     }
-                    Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
+                    Err(e) if sys::is_canceled(&e) => {}
                     Err(e) => self.fail(id, e),
                 }
                 self.finish_if_done(id.index);
@@ -606,11 +605,4 @@ impl Io {
             f(self, Event::Closed { conn, error });
         }
     }
-}
-
-fn is_resource_shortage(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
 }

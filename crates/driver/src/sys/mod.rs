@@ -60,6 +60,27 @@ pub(crate) fn raw(socket: &Socket) -> Raw {
     socket.as_raw_fd()
 }
 
+/// Whether an operation ended because it was cancelled.
+#[cfg(unix)]
+pub(crate) fn is_canceled(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ECANCELED)
+}
+
+/// Whether a receive ended because the backend's buffers ran out (it is re-armed).
+#[cfg(unix)]
+pub(crate) fn is_out_of_buffers(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOBUFS)
+}
+
+/// Whether accepting failed for lack of descriptors or memory (accepting pauses and backs off).
+#[cfg(unix)]
+pub(crate) fn is_resource_shortage(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
 /// What a backend hands back for one operation.
 pub(crate) enum Completion<'a> {
     /// A connection was accepted (the socket is non-blocking), or accepting failed.
