@@ -28,6 +28,16 @@ pub trait Handler: Send + Sync + 'static {
     /// Bytes arrived on `session`. They are lent for the call; copy what you keep.
     fn on_receive(&self, ctx: &mut Context<'_>, session: SessionId, data: &[u8]);
 
+    /// The peer finished sending (it half-closed, or closed): no more bytes will arrive on
+    /// `session`, but it can still be sent to.
+    ///
+    /// By default the session is closed once what is queued for it has been sent
+    /// ([`CloseReason::PeerClosed`]). A handler whose replies are produced later (on a logic
+    /// thread, say) can keep the session open and close it itself when its last reply is queued.
+    fn on_read_closed(&self, ctx: &mut Context<'_>, session: SessionId) {
+        let _ = ctx.close_with(session, CloseReason::PeerClosed);
+    }
+
     /// `session` ended; its id is stale from now on.
     fn on_close(&self, ctx: &mut Context<'_>, session: SessionId, reason: CloseReason) {
         let _ = (ctx, session, reason);

@@ -43,11 +43,14 @@ pub enum CloseReason {
     /// The handler panicked in a callback of this session (the panic is caught: it costs this
     /// session only).
     HandlerPanicked,
+    /// The application could not keep up with this session (a full queue to its logic thread,
+    /// say); the text says what was full.
+    Overloaded(String),
 }
 
 impl CloseReason {
     /// Number of distinct kinds, for statistics.
-    pub const KINDS: usize = 8;
+    pub const KINDS: usize = 9;
 
     /// A small index per kind, for statistics.
     pub fn kind_index(&self) -> usize {
@@ -60,12 +63,13 @@ impl CloseReason {
             CloseReason::Protocol(_) => 5,
             CloseReason::Shutdown => 6,
             CloseReason::HandlerPanicked => 7,
+            CloseReason::Overloaded(_) => 8,
         }
     }
 
     /// Short names of the kinds, in [`CloseReason::kind_index`] order.
     pub const KIND_NAMES: [&'static str; Self::KINDS] = [
-        "peer", "reset", "error", "queue", "app", "protocol", "shutdown", "panic",
+        "peer", "reset", "error", "queue", "app", "protocol", "shutdown", "panic", "overload",
     ];
 
     pub(crate) fn from_io(error: &io::Error) -> CloseReason {
@@ -89,6 +93,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Protocol(why) => write!(f, "protocol error: {why}"),
             CloseReason::Shutdown => f.write_str("server shutdown"),
             CloseReason::HandlerPanicked => f.write_str("the handler panicked"),
+            CloseReason::Overloaded(why) => write!(f, "overloaded: {why}"),
         }
     }
 }

@@ -269,7 +269,8 @@ impl Local {
                 self.call(io, app, session, |h, ctx| h.on_receive(ctx, session, data));
             }
             Event::ReadClosed { conn } => {
-                self.close_conn(io, conn, CloseReason::PeerClosed, CloseMode::Flush);
+                let session = self.session(conn);
+                self.call(io, app, session, |h, ctx| h.on_read_closed(ctx, session));
             }
             Event::Closed { conn, error } => {
                 let session = self.session(conn);
