@@ -1,0 +1,179 @@
+//! The first mode: handlers run on the I/O worker that owns the session.
+//!
+//! Nothing is queued or copied: each whole frame is handed to its handler where it lies, in the
+//! receive buffer (or in the decoder's buffer, for a frame that straddled two reads). Handlers of
+//! different sessions run on several workers at once, so the state they share is `Sync` and
+//! guards itself (atomics, locks). Use it for stateless or per-session work — an echo, a
+//! gateway, a relay — and the logic thread ([`crate::logic`]) for game state.
+//!
+//! ```no_run
+//! use iocp_packet::{PacketOptions, PacketResult, WorkerLogic, WorkerPackets};
+//! use iocp_server::{Config, Context, Server, SessionId};
+//! use iocp_wire::Frame;
+//!
+//! struct Ping;
+//! impl WorkerLogic for Ping {}
+//!
+//! fn ping(_: &Ping, ctx: &mut Context<'_>, session: SessionId, frame: Frame<'_>) -> PacketResult {
+//!     let pong = iocp_wire::encode(2, 0, frame.body()).expect("small");
+//!     let _ = ctx.send_bytes(session, pong);
+//!     Ok(())
+//! }
+//!
+//! let config = Config::default();
+//! let mut packets = WorkerPackets::new(Ping);
+//! packets.on(1, ping);
+//! let server = Server::start(config.clone(), packets.build(PacketOptions::for_config(&config)))?;
+//! # server.shutdown()?;
+//! # Ok::<(), iocp_server::Error>(())
+//! ```
+
+use std::net::SocketAddr;
+
+use iocp_server::{CloseReason, Context, Handler, SessionId};
+use iocp_wire::Frame;
+
+use crate::slots::Slots;
+use crate::table::Table;
+use crate::{BadPacket, PacketError, PacketOptions, PacketResult};
+
+/// The state that handlers on the I/O workers share, and its connect and close callbacks (the
+/// tutorial's `OnConnect` / `OnClose`). Both default to doing nothing.
+pub trait WorkerLogic: Send + Sync + 'static {
+    /// A session opened. Runs on its worker, before any of its packets.
+    fn on_connect(&self, ctx: &mut Context<'_>, session: SessionId, peer: SocketAddr) {
+        let _ = (ctx, session, peer);
+    }
+
+    /// A session ended (for `reason`); its id is stale from now on. Runs on its worker, after its
+    /// last packet.
+    fn on_close(&self, ctx: &mut Context<'_>, session: SessionId, reason: CloseReason) {
+        let _ = (ctx, session, reason);
+    }
+}
+
+/// Keep an `Arc` of the state to reach it from outside the server too.
+impl<T: WorkerLogic> WorkerLogic for std::sync::Arc<T> {
+    fn on_connect(&self, ctx: &mut Context<'_>, session: SessionId, peer: SocketAddr) {
+        (**self).on_connect(ctx, session, peer);
+    }
+
+    fn on_close(&self, ctx: &mut Context<'_>, session: SessionId, reason: CloseReason) {
+        (**self).on_close(ctx, session, reason);
+    }
+}
+
+type WorkerFn<S> =
+    Box<dyn Fn(&S, &mut Context<'_>, SessionId, Frame<'_>) -> PacketResult + Send + Sync>;
+
+/// Builds a [`WorkerHandler`]: the packet-id → handler table for handlers that run on the I/O
+/// workers.
+pub struct WorkerPackets<S> {
+    state: S,
+    table: Table<WorkerFn<S>>,
+}
+
+impl<S: WorkerLogic> WorkerPackets<S> {
+    /// An empty table over the shared `state`.
+    pub fn new(state: S) -> Self {
+        WorkerPackets {
+            state,
+            table: Table::default(),
+        }
+    }
+
+    /// Registers the handler of packet `id`, replacing an earlier one. The handler gets the whole
+    /// frame (header and body); returning `Err` refuses the packet ([`BadPacket`]).
+    pub fn on<F>(&mut self, id: u16, handler: F) -> &mut Self
+    where
+        F: Fn(&S, &mut Context<'_>, SessionId, Frame<'_>) -> PacketResult + Send + Sync + 'static,
+    {
+        self.table.insert(id, Box::new(handler));
+        self
+    }
+
+    /// The [`Handler`] to start the server with.
+    pub fn build(self, options: PacketOptions) -> WorkerHandler<S> {
+        WorkerHandler {
+            slots: Slots::new(options.max_sessions, options.max_frame_len),
+            bad_packet: options.bad_packet,
+            state: self.state,
+            table: self.table,
+        }
+    }
+}
+
+/// An [`iocp_server::Handler`] that frames each session's bytes and calls the handler registered
+/// for each packet's id, on the session's I/O worker.
+pub struct WorkerHandler<S> {
+    state: S,
+    table: Table<WorkerFn<S>>,
+    slots: Slots,
+    bad_packet: BadPacket,
+}
+
+impl<S: WorkerLogic> Handler for WorkerHandler<S> {
+    fn on_connect(&self, ctx: &mut Context<'_>, session: SessionId, peer: SocketAddr) {
+        if !self.slots.open(session) {
+            no_slot(ctx, session);
+            return;
+        }
+        self.state.on_connect(ctx, session, peer);
+    }
+
+    fn on_receive(&self, ctx: &mut Context<'_>, session: SessionId, data: &[u8]) {
+        let Some(mut guard) = self.slots.get(session) else {
+            return;
+        };
+        let slot = &mut *guard;
+        if slot.closing {
+            return;
+        }
+        let mut frames = slot.decoder.feed(data);
+        loop {
+            let error = match frames.next_frame() {
+                Ok(Some(frame)) => match self.table.get(frame.id()) {
+                    Some(handler) => match handler(&self.state, ctx, session, frame) {
+                        Ok(()) => continue,
+                        Err(e) => e,
+                    },
+                    None => PacketError::UnknownId { id: frame.id() },
+                },
+                Ok(None) => break,
+                Err(e) => PacketError::Frame(e),
+            };
+            if self.bad_packet == BadPacket::Ignore && !error.is_framing() {
+                tracing::debug!("session {session}: {error}: packet ignored");
+                continue;
+            }
+            drop(frames);
+            slot.closing = true;
+            refuse(ctx, session, &error);
+            return;
+        }
+    }
+
+    fn on_close(&self, ctx: &mut Context<'_>, session: SessionId, reason: CloseReason) {
+        self.slots.close(session);
+        self.state.on_close(ctx, session, reason);
+    }
+}
+
+/// Closes `session` for `error`, with a log line.
+pub(crate) fn refuse(ctx: &mut Context<'_>, session: SessionId, error: &PacketError) {
+    tracing::warn!("session {session}: {error}: closing it");
+    let _ = ctx.close_with(session, CloseReason::Protocol(error.to_string()));
+}
+
+/// A session in a slot the packet manager has no decoder for: configuration error.
+pub(crate) fn no_slot(ctx: &mut Context<'_>, session: SessionId) {
+    tracing::error!(
+        "session {session}: no decoder for slot {} (PacketOptions::max_sessions is below the \
+         server's max_sessions): closing it",
+        session.index
+    );
+    let _ = ctx.close_with(
+        session,
+        CloseReason::Protocol("no packet decoder for this session slot".into()),
+    );
+}
