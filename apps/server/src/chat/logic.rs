@@ -1,0 +1,357 @@
+//! The chat's game logic, on the logic thread (the tutorial's `PacketManager::ProcessLogin`,
+//! `ProcessEnterRoom`, `ProcessLeaveRoom`, `ProcessRoomChatMessage`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use iocp_packet::chat_protocol::{
+    ChatPacket, LoginRequest, LoginResponse, MAX_USER_LIST, ResultCode, RoomChatNotify,
+    RoomChatRequest, RoomChatResponse, RoomEnterRequest, RoomEnterResponse, RoomLeaveRequest,
+    RoomLeaveResponse, RoomLeaveUserNotify, RoomNewUserNotify, RoomUserListNotify, valid_user_id,
+};
+use iocp_packet::{Logic, LogicContext, LogicPackets, PacketResult};
+use iocp_server::{CloseReason, SessionId};
+use iocp_wire::Frame;
+
+use super::login::{ChatMessage, LoginDone, LoginJob, LoginPool, Outcome};
+use super::rooms::{Member, Rooms};
+use super::users::{State, Users};
+use super::{ChatConfig, Counters};
+
+/// Failed logins after which a connection is closed (a password-guessing client costs itself a
+/// reconnect, and its guesses a hash each).
+const MAX_FAILED_LOGINS: u32 = 5;
+
+/// Registers the chat's packet handlers.
+pub(crate) fn register(packets: &mut LogicPackets<ChatLogic>) {
+    packets
+        .on(LoginRequest::ID, ChatLogic::on_login)
+        .on(RoomEnterRequest::ID, ChatLogic::on_enter)
+        .on(RoomLeaveRequest::ID, ChatLogic::on_leave)
+        .on(RoomChatRequest::ID, ChatLogic::on_chat);
+}
+
+/// The chat's state: users and rooms. Only the logic thread touches it.
+pub(crate) struct ChatLogic {
+    users: Users,
+    rooms: Rooms,
+    login: LoginPool,
+    counters: Arc<Counters>,
+}
+
+/// Queues a response; a failure means that the session is closing, which its disconnect handles.
+fn reply(ctx: &LogicContext<'_>, session: SessionId, packet: &impl ChatPacket) {
+    let _ = ctx.send_bytes(session, packet.encode());
+}
+
+impl ChatLogic {
+    pub(crate) fn new(config: &ChatConfig, login: LoginPool, counters: Arc<Counters>) -> ChatLogic {
+        ChatLogic {
+            users: Users::new(config.server.max_sessions),
+            rooms: Rooms::new(config.rooms, config.room_capacity),
+            login,
+            counters,
+        }
+    }
+
+    /// The user id and room of a logged-in session.
+    fn logged_in(&self, session: SessionId) -> Option<(Arc<str>, Option<u32>)> {
+        match &self.users.get(session)?.state {
+            State::LoggedIn { user_id, room } => Some((user_id.clone(), *room)),
+            _ => None,
+        }
+    }
+
+    fn set_room(&mut self, session: SessionId, new_room: Option<u32>) {
+        if let Some(user) = self.users.get_mut(session) {
+            if let State::LoggedIn { room, .. } = &mut user.state {
+                *room = new_room;
+            }
+        }
+    }
+
+    fn refused_login(&self, ctx: &LogicContext<'_>, session: SessionId, result: ResultCode) {
+        Counters::add(&self.counters.logins_refused, 1);
+        reply(ctx, session, &LoginResponse { result });
+    }
+
+    /// `LOGIN_REQUEST`: checks what can be checked at once, then hands the password to the
+    /// login pool; the answer comes back as [`ChatMessage::LoginDone`].
+    fn on_login(
+        &mut self,
+        ctx: &mut LogicContext<'_>,
+        session: SessionId,
+        frame: Frame<'_>,
+    ) -> PacketResult {
+        let request = LoginRequest::decode(&frame)?;
+        let Some(user) = self.users.get(session) else {
+            return Ok(());
+        };
+        let result = if user.state != State::Connected {
+            ResultCode::LOGIN_USER_ALREADY
+        } else if !valid_user_id(&request.user_id) {
+            ResultCode::LOGIN_USER_INVALID_ID
+        } else if self.users.session_of(&request.user_id).is_some() {
+            ResultCode::LOGIN_USER_ALREADY
+        } else {
+            let job = LoginJob {
+                session,
+                user_id: request.user_id.clone(),
+                password: request.password,
+            };
+            match self.login.submit(job) {
+                Ok(()) => {
+                    if let Some(user) = self.users.get_mut(session) {
+                        user.state = State::LoggingIn(request.user_id);
+                    }
+                    return Ok(());
+                }
+                Err(_) => ResultCode::LOGIN_SERVER_BUSY,
+            }
+        };
+        self.refused_login(ctx, session, result);
+        Ok(())
+    }
+
+    /// A password check came back.
+    fn login_done(&mut self, ctx: &mut LogicContext<'_>, done: LoginDone) {
+        let LoginDone {
+            session,
+            user_id,
+            outcome,
+        } = done;
+        let taken = self.users.session_of(&user_id).is_some();
+        let Some(user) = self.users.get_mut(session) else {
+            return; // disconnected meanwhile
+        };
+        if !matches!(&user.state, State::LoggingIn(id) if *id == user_id) {
+            return;
+        }
+        user.state = State::Connected;
+        let result = match outcome {
+            // Someone else logged in as this user while the password was checked.
+            Outcome::Accepted if taken => ResultCode::LOGIN_USER_ALREADY,
+            Outcome::Accepted => ResultCode::NONE,
+            Outcome::Refused => {
+                user.failed_logins += 1;
+                ResultCode::LOGIN_USER_INVALID_PW
+            }
+            Outcome::StoreFailed => ResultCode::LOGIN_STORE_ERROR,
+        };
+        let failed = user.failed_logins;
+        if result != ResultCode::NONE {
+            tracing::debug!("session {session}: login as {user_id:?} refused: {result}");
+            self.refused_login(ctx, session, result);
+            if failed >= MAX_FAILED_LOGINS {
+                tracing::warn!("session {session}: {failed} failed logins: closing it");
+                let _ = ctx.close_with(
+                    session,
+                    CloseReason::Protocol(format!("{failed} failed logins")),
+                );
+            }
+            return;
+        }
+        self.users.log_in(session, &user_id);
+        Counters::add(&self.counters.logins, 1);
+        self.counters.online.store(
+            self.users.online() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        tracing::debug!("session {session}: logged in as {user_id:?}");
+        reply(ctx, session, &LoginResponse { result });
+    }
+
+    /// `ROOM_ENTER_REQUEST`: the response, then the member list to the newcomer, then
+    /// `ROOM_NEW_USER_NOTIFY` to the others.
+    fn on_enter(
+        &mut self,
+        ctx: &mut LogicContext<'_>,
+        session: SessionId,
+        frame: Frame<'_>,
+    ) -> PacketResult {
+        let request = RoomEnterRequest::decode(&frame)?;
+        let refuse = |result| RoomEnterResponse {
+            result,
+            rival_user_id: String::new(),
+        };
+        let Some((user_id, room)) = self.logged_in(session) else {
+            reply(ctx, session, &refuse(ResultCode::USER_MGR_NOT_LOGGED_IN));
+            return Ok(());
+        };
+        if room.is_some() {
+            reply(
+                ctx,
+                session,
+                &refuse(ResultCode::ENTER_ROOM_INVALID_USER_STATUS),
+            );
+            return Ok(());
+        }
+        let member = Member {
+            session,
+            user_id: user_id.clone(),
+        };
+        let number = match self.rooms.enter(request.room_number, member) {
+            Ok(number) => number,
+            Err(result) => {
+                reply(ctx, session, &refuse(result));
+                return Ok(());
+            }
+        };
+        self.set_room(session, Some(number));
+        Counters::add(&self.counters.room_enters, 1);
+        let room = self.rooms.get(number).expect("just entered");
+        let others: Vec<String> = room
+            .members()
+            .iter()
+            .filter(|m| m.session != session)
+            .map(|m| m.user_id.to_string())
+            .collect();
+        let response = RoomEnterResponse {
+            result: ResultCode::NONE,
+            rival_user_id: others.first().cloned().unwrap_or_default(),
+        };
+        reply(ctx, session, &response);
+        let mut chunks = others.chunks(MAX_USER_LIST);
+        let first = chunks.next().unwrap_or(&[]);
+        for chunk in std::iter::once(first).chain(chunks) {
+            let list = RoomUserListNotify {
+                user_ids: chunk.to_vec(),
+            };
+            reply(ctx, session, &list);
+        }
+        let notify = RoomNewUserNotify {
+            user_id: user_id.to_string(),
+        }
+        .encode();
+        room.send_all(ctx, &notify, Some(session));
+        Ok(())
+    }
+
+    /// Takes `session` out of its room and tells the others.
+    fn leave_room(&mut self, ctx: &LogicContext<'_>, session: SessionId, number: u32) {
+        if let Some(member) = self.rooms.leave(number, session) {
+            let notify = RoomLeaveUserNotify {
+                user_id: member.user_id.to_string(),
+            }
+            .encode();
+            if let Some(room) = self.rooms.get(number) {
+                room.send_all(ctx, &notify, None);
+            }
+        }
+        self.set_room(session, None);
+    }
+
+    /// `ROOM_LEAVE_REQUEST`.
+    fn on_leave(
+        &mut self,
+        ctx: &mut LogicContext<'_>,
+        session: SessionId,
+        frame: Frame<'_>,
+    ) -> PacketResult {
+        RoomLeaveRequest::decode(&frame)?;
+        let result = match self.logged_in(session) {
+            None => ResultCode::USER_MGR_NOT_LOGGED_IN,
+            Some((_, None)) => ResultCode::LEAVE_ROOM_INVALID_ROOM_INDEX,
+            Some((_, Some(number))) => {
+                reply(
+                    ctx,
+                    session,
+                    &RoomLeaveResponse {
+                        result: ResultCode::NONE,
+                    },
+                );
+                self.leave_room(ctx, session, number);
+                return Ok(());
+            }
+        };
+        reply(ctx, session, &RoomLeaveResponse { result });
+        Ok(())
+    }
+
+    /// `ROOM_CHAT_REQUEST`: the response to the sender, then one `ROOM_CHAT_NOTIFY`, encoded
+    /// once, to every member (the sender included).
+    fn on_chat(
+        &mut self,
+        ctx: &mut LogicContext<'_>,
+        session: SessionId,
+        frame: Frame<'_>,
+    ) -> PacketResult {
+        let request = RoomChatRequest::decode(&frame)?;
+        let (user_id, number) = match self.logged_in(session) {
+            None => {
+                reply(
+                    ctx,
+                    session,
+                    &RoomChatResponse {
+                        result: ResultCode::USER_MGR_NOT_LOGGED_IN,
+                    },
+                );
+                return Ok(());
+            }
+            Some((_, None)) => {
+                reply(
+                    ctx,
+                    session,
+                    &RoomChatResponse {
+                        result: ResultCode::CHAT_ROOM_INVALID_ROOM_NUMBER,
+                    },
+                );
+                return Ok(());
+            }
+            Some((user_id, Some(number))) => (user_id, number),
+        };
+        reply(
+            ctx,
+            session,
+            &RoomChatResponse {
+                result: ResultCode::NONE,
+            },
+        );
+        let notify = RoomChatNotify {
+            user_id: user_id.to_string(),
+            message: request.message,
+        }
+        .encode();
+        let room = self.rooms.get(number).expect("a member's room exists");
+        let sent = room.send_all(ctx, &notify, None);
+        Counters::add(&self.counters.chats, 1);
+        Counters::add(&self.counters.notifies, sent);
+        Ok(())
+    }
+}
+
+impl Logic for ChatLogic {
+    type Message = ChatMessage;
+
+    fn on_connect(&mut self, _ctx: &mut LogicContext<'_>, session: SessionId, peer: SocketAddr) {
+        tracing::debug!("session {session}: connected from {peer}");
+        self.users.connect(session);
+    }
+
+    /// Leaves the room and logs out, whatever closed the session.
+    fn on_disconnect(
+        &mut self,
+        ctx: &mut LogicContext<'_>,
+        session: SessionId,
+        reason: CloseReason,
+    ) {
+        if let Some((_, Some(number))) = self.logged_in(session) {
+            self.leave_room(ctx, session, number);
+        }
+        if let Some(user) = self.users.disconnect(session) {
+            if let State::LoggedIn { user_id, .. } = user.state {
+                tracing::debug!("session {session}: {user_id:?} logged out: {reason}");
+            }
+        }
+        self.counters.online.store(
+            self.users.online() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    fn on_message(&mut self, ctx: &mut LogicContext<'_>, message: ChatMessage) {
+        match message {
+            ChatMessage::LoginDone(done) => self.login_done(ctx, done),
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! The tutorial's chat server: log in, enter a room, chat with its members.
+//!
+//! ```text
+//!  I/O workers ──frames, connect, disconnect──▶ logic queue ──▶ logic thread (ChatLogic: users, rooms)
+//!                                                   ▲                 │ login job (bounded queue)
+//!                                                   │                 ▼
+//!                                                   └── LoginDone ── login pool: Argon2id check against
+//!                                                                    the account store (redb)
+//! ```
+//!
+//! - All chat state (who is logged in, who is in which room) lives on the packet manager's one
+//!   logic thread ([`iocp_packet::logic`]) and is touched by nothing else: no locks.
+//! - A login is checked on a small pool of threads (`login.rs`): the logic thread hands the job
+//!   over without waiting (the tutorial's request queue to its Redis thread), and the result
+//!   comes back through the logic queue as a message. A login storm never stalls chat; if more
+//!   logins wait than the pool's queue holds, the newest get `LOGIN_SERVER_BUSY`.
+//! - A second login of a user who is logged in is refused (`LOGIN_USER_ALREADY`); the first
+//!   session keeps it. Room and chat requests before login are refused (`USER_MGR_NOT_LOGGED_IN`).
+//! - A chat notification is encoded once and the same bytes are queued to every member. A
+//!   member that stops reading passes its send-queue limit, is disconnected by the server, and
+//!   leaves the room through its disconnect like any other: the room never waits for it.
+//! - A disconnect, whatever its cause, leaves the room (the others are told) and logs out.
+//!
+//! The protocol is in [`iocp_packet::chat_protocol`] and `docs/protocol.md`.
+
+mod logic;
+mod login;
+mod rooms;
+mod users;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use iocp_packet::accounts::Accounts;
+use iocp_packet::{BadPacket, LogicPackets, LogicServer, LogicStats, PacketOptions, QueueOptions};
+use iocp_server::{Config, ServerHandle};
+
+use self::logic::ChatLogic;
+use self::login::LoginPool;
+
+/// Settings of the chat server.
+#[derive(Clone, Debug)]
+pub struct ChatConfig {
+    /// The network server's settings (address, workers, sessions, send-queue limit, ...).
+    pub server: Config,
+    /// Rooms, numbered `0..rooms`.
+    pub rooms: u32,
+    /// Members a room holds.
+    pub room_capacity: u32,
+    /// Threads checking passwords.
+    pub login_threads: usize,
+    /// Logins that may wait for a password check; more get `LOGIN_SERVER_BUSY`.
+    pub login_queue: usize,
+    /// The logic queue's size and what the I/O workers do when it is full.
+    pub queue: QueueOptions,
+    /// What to do with an unknown packet id or a malformed packet.
+    pub bad_packet: BadPacket,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            server: Config::default(),
+            rooms: 10,
+            room_capacity: 10,
+            login_threads: 2,
+            login_queue: 1024,
+            queue: QueueOptions::default(),
+            bad_packet: BadPacket::Close,
+        }
+    }
+}
+
+/// What the chat server has done since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChatStats {
+    /// Users logged in now.
+    pub online: u64,
+    /// Logins accepted.
+    pub logins: u64,
+    /// Logins refused (unknown user, wrong password, already logged in, invalid id, busy).
+    pub logins_refused: u64,
+    /// Room entries.
+    pub room_enters: u64,
+    /// Chat messages accepted.
+    pub chats: u64,
+    /// Chat notifications queued to members (a message to a room of 10 is 10).
+    pub notifies: u64,
+}
+
+impl std::fmt::Display for ChatStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "chat: {} online | logins {} ok, {} refused | room enters {} | chats {} → {} notifies",
+            self.online,
+            self.logins,
+            self.logins_refused,
+            self.room_enters,
+            self.chats,
+            self.notifies
+        )
+    }
+}
+
+/// The chat counters, written by the logic thread only and read by anyone.
+#[derive(Default)]
+pub(crate) struct Counters {
+    online: AtomicU64,
+    logins: AtomicU64,
+    logins_refused: AtomicU64,
+    room_enters: AtomicU64,
+    chats: AtomicU64,
+    notifies: AtomicU64,
+}
+
+impl Counters {
+    /// Adds `n` to `counter` (one writer: a plain load and store).
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.store(
+            counter.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn snapshot(&self) -> ChatStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ChatStats {
+            online: get(&self.online),
+            logins: get(&self.logins),
+            logins_refused: get(&self.logins_refused),
+            room_enters: get(&self.room_enters),
+            chats: get(&self.chats),
+            notifies: get(&self.notifies),
+        }
+    }
+}
+
+/// A running chat server: the network server and its logic thread.
+pub struct ChatServer {
+    inner: LogicServer<ChatLogic>,
+    counters: Arc<Counters>,
+}
+
+impl ChatServer {
+    /// Starts the chat server, checking logins against `accounts`.
+    ///
+    /// # Errors
+    ///
+    /// If the server cannot start (address in use, bad configuration), or a thread cannot be
+    /// spawned.
+    pub fn start(config: ChatConfig, accounts: Accounts) -> iocp_server::Result<ChatServer> {
+        if config.rooms == 0 || config.room_capacity == 0 || config.login_threads == 0 {
+            return Err(iocp_server::Error::Config(
+                "rooms, room capacity and login threads must be at least 1".into(),
+            ));
+        }
+        let counters = Arc::new(Counters::default());
+        let mut packets = LogicPackets::new();
+        logic::register(&mut packets);
+        let options = PacketOptions {
+            bad_packet: config.bad_packet,
+            ..PacketOptions::for_config(&config.server)
+        };
+        let mut pool_error = None;
+        let inner = packets.start_with(config.server.clone(), options, config.queue, |sender| {
+            let login =
+                LoginPool::start(accounts, config.login_threads, config.login_queue, sender)
+                    .unwrap_or_else(|e| {
+                        pool_error = Some(e);
+                        LoginPool::none()
+                    });
+            ChatLogic::new(&config, login, counters.clone())
+        })?;
+        if let Some(source) = pool_error {
+            let _ = inner.shutdown();
+            return Err(iocp_server::Error::Io {
+                op: "spawning the login threads",
+                source,
+            });
+        }
+        tracing::info!(
+            "chat: {} rooms of {}, {} login threads",
+            config.rooms,
+            config.room_capacity,
+            config.login_threads
+        );
+        Ok(ChatServer { inner, counters })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr()
+    }
+
+    /// The network server's handle (statistics, shutdown).
+    pub fn handle(&self) -> ServerHandle {
+        self.inner.handle()
+    }
+
+    /// The chat counters.
+    pub fn stats(&self) -> ChatStats {
+        self.counters.snapshot()
+    }
+
+    /// The logic queue's counters.
+    pub fn logic_stats(&self) -> LogicStats {
+        self.inner.logic_stats()
+    }
+
+    /// The chat counters, readable after the server is gone.
+    pub fn stats_source(&self) -> impl Fn() -> ChatStats + Send + Sync + 'static {
+        let counters = self.counters.clone();
+        move || counters.snapshot()
+    }
+
+    /// Waits for the server to stop (after [`ServerHandle::shutdown`]), then for the logic
+    /// thread to handle every disconnect, then for the login threads.
+    ///
+    /// # Errors
+    ///
+    /// The server's error, if a worker failed.
+    pub fn join(self) -> iocp_server::Result<()> {
+        let logic = self.inner.join()?;
+        drop(logic);
+        Ok(())
+    }
+
+    /// Shuts down gracefully ([`join`](Self::join)).
+    ///
+    /// # Errors
+    ///
+    /// The server's error, if a worker failed.
+    pub fn shutdown(self) -> iocp_server::Result<()> {
+        self.handle().shutdown();
+        self.join()
+    }
+}

@@ -1,0 +1,302 @@
+//! The command line: `iocp-server [echo|chat|users]`. Without a subcommand it runs the echo
+//! server with its defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use iocp_packet::{BadPacket, QueueOptions, WhenFull};
+use iocp_server::{BackendChoice, Config, Server};
+
+use crate::chat::{ChatConfig, ChatServer};
+use crate::echo::Echo;
+use crate::run::{catch_signals, report_stats, watch_signals};
+use crate::users::{DEFAULT_DB, UsersArgs};
+
+/// `iocp-server`.
+#[derive(Parser)]
+#[command(
+    name = "iocp-server",
+    version,
+    about = "The IOCP game server of the tutorial, on io_uring / IOCP / epoll",
+    long_about = "The IOCP game server of the tutorial, on io_uring (Linux), IOCP (Windows) or \
+                  epoll/kqueue. Without a subcommand it runs the echo server with its defaults.\n\n\
+                  Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more."
+)]
+pub struct Cli {
+    /// What to run (default: echo).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Echo every received byte back to its sender (the seed's server).
+    Echo(EchoArgs),
+    /// The tutorial's chat server: login, rooms, chat (protocol in docs/protocol.md).
+    Chat(ChatArgs),
+    /// Manage the chat server's accounts: add, remove, list.
+    Users(UsersArgs),
+}
+
+/// Settings of every server.
+#[derive(Args, Clone, Debug)]
+pub struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:11021")]
+    pub addr: SocketAddr,
+    /// Worker threads, each with its own completion port [default: number of cores].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Session slots allocated at start; connections beyond them are refused.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_sessions: u32,
+    /// Bytes a session may have queued for sending before it is disconnected as a slow reader.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub send_queue_limit: usize,
+    /// Print a one-line summary of the statistics every this many seconds (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub stats_interval: u64,
+    /// Completion backend: auto (io_uring, else poll), uring, poll, iocp.
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendChoice,
+    /// Seconds a closing session (and shutdown) may spend flushing its queue.
+    #[arg(long, default_value_t = 5)]
+    pub linger: u64,
+}
+
+/// `iocp-server echo`.
+#[derive(Args, Clone, Debug)]
+pub struct EchoArgs {
+    /// Server settings.
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Log every received message with its session index, as the seed does (costs throughput).
+    #[arg(long)]
+    pub log_each: bool,
+}
+
+/// `iocp-server chat`.
+#[derive(Args, Clone, Debug)]
+pub struct ChatArgs {
+    /// Server settings.
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Rooms, numbered from 0.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rooms: u32,
+    /// Members a room holds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub room_capacity: u32,
+    /// The account file (redb); created empty if missing. Add users with `iocp-server users add`.
+    #[arg(long, default_value = DEFAULT_DB)]
+    pub db: PathBuf,
+    /// Threads checking passwords (Argon2id), off the logic thread.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub login_threads: u32,
+    /// Logins that may wait for a password check; more are answered LOGIN_SERVER_BUSY.
+    #[arg(long, default_value_t = 1024)]
+    pub login_queue: usize,
+    /// Events the logic thread's queue holds.
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub logic_queue: usize,
+    /// When the logic queue is full: `wait` (the I/O worker waits; nothing is dropped) or
+    /// `disconnect` (the session whose packet does not fit is closed).
+    #[arg(long, value_enum, default_value = "wait")]
+    pub when_full: WhenFullArg,
+    /// An unknown packet id or a malformed packet: `close` its session, or `ignore` the packet.
+    #[arg(long, value_enum, default_value = "close")]
+    pub bad_packet: BadPacketArg,
+}
+
+/// [`WhenFull`] on the command line.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum WhenFullArg {
+    /// [`WhenFull::Wait`].
+    Wait,
+    /// [`WhenFull::Disconnect`].
+    Disconnect,
+}
+
+/// [`BadPacket`] on the command line.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum BadPacketArg {
+    /// [`BadPacket::Close`].
+    Close,
+    /// [`BadPacket::Ignore`].
+    Ignore,
+}
+
+impl ServerArgs {
+    /// The server configuration these flags describe.
+    pub fn config(&self) -> Config {
+        let mut config = Config {
+            addr: self.addr,
+            max_sessions: self.max_sessions,
+            send_queue_limit: self.send_queue_limit,
+            backend: self.backend,
+            linger: Duration::from_secs(self.linger),
+            ..Config::default()
+        };
+        if let Some(workers) = self.workers {
+            config.workers = workers;
+        }
+        config
+    }
+}
+
+impl ChatArgs {
+    /// The chat configuration these flags describe.
+    pub fn config(&self) -> ChatConfig {
+        ChatConfig {
+            server: self.server.config(),
+            rooms: self.rooms,
+            room_capacity: self.room_capacity,
+            login_threads: self.login_threads as usize,
+            login_queue: self.login_queue,
+            queue: QueueOptions {
+                capacity: self.logic_queue,
+                when_full: match self.when_full {
+                    WhenFullArg::Wait => WhenFull::Wait,
+                    WhenFullArg::Disconnect => WhenFull::Disconnect,
+                },
+            },
+            bad_packet: match self.bad_packet {
+                BadPacketArg::Close => BadPacket::Close,
+                BadPacketArg::Ignore => BadPacket::Ignore,
+            },
+        }
+    }
+}
+
+/// The binary's entry point.
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or_else(|| {
+        let defaults = Cli::parse_from(["iocp-server", "echo"]);
+        defaults.command.expect("echo parses")
+    });
+    match command {
+        Command::Echo(args) => run_echo(&args),
+        Command::Chat(args) => run_chat(&args),
+        Command::Users(args) => crate::users::run(&args),
+    }
+}
+
+fn run_echo(args: &EchoArgs) -> ExitCode {
+    let signals = catch_signals();
+    let server = match Server::start(
+        args.server.config(),
+        Echo {
+            log_each: args.log_each,
+        },
+    ) {
+        Ok(server) => server,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let handle = server.handle();
+    watch_signals(signals, handle.clone());
+    report_stats(&handle, args.server.stats_interval, || None);
+    match server.join() {
+        Ok(()) => {
+            tracing::info!("stopped: {}", handle.stats());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_chat(args: &ChatArgs) -> ExitCode {
+    let accounts = match crate::users::open_accounts(&args.db) {
+        Ok(accounts) => accounts,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match accounts.user_ids() {
+        Ok(ids) if ids.is_empty() => tracing::warn!(
+            "{}: no accounts yet: add one with `iocp-server users add NAME --db {}`",
+            args.db.display(),
+            args.db.display()
+        ),
+        Ok(ids) => tracing::info!("{}: {} accounts", args.db.display(), ids.len()),
+        Err(e) => tracing::warn!("{e}"),
+    }
+    let signals = catch_signals();
+    let server = match ChatServer::start(args.config(), accounts) {
+        Ok(server) => server,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let handle = server.handle();
+    watch_signals(signals, handle.clone());
+    let stats = server.stats_source();
+    let mut last = stats();
+    let interval = args.server.stats_interval.max(1);
+    report_stats(&handle, args.server.stats_interval, || {
+        let now = stats();
+        let line = format!(
+            "{now} | {} chats/s, {} notifies/s",
+            (now.chats - last.chats) / interval,
+            (now.notifies - last.notifies) / interval
+        );
+        last = now;
+        Some(line)
+    });
+    match server.join() {
+        Ok(()) => {
+            tracing::info!("stopped: {} | {}", handle.stats(), stats());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_subcommand_is_echo_on_the_tutorial_port() {
+        let cli = Cli::parse_from(["iocp-server"]);
+        assert!(cli.command.is_none());
+        let Some(Command::Echo(args)) = Cli::parse_from(["iocp-server", "echo"]).command else {
+            panic!("echo");
+        };
+        assert_eq!(args.server.addr, "127.0.0.1:11021".parse().unwrap());
+        let Some(Command::Chat(args)) = Cli::parse_from(["iocp-server", "chat"]).command else {
+            panic!("chat");
+        };
+        assert_eq!(args.server.addr, "127.0.0.1:11021".parse().unwrap());
+        assert_eq!(args.db, PathBuf::from(DEFAULT_DB));
+    }
+}

@@ -1,0 +1,14 @@
+//! The `iocp-server` binary's servers, as a library so that tests start them in-process:
+//!
+//! - [`echo`]: the seed's echo server — send back what arrived.
+//! - [`chat`]: the tutorial's chat server — login against an account store, rooms, chat — on
+//!   the packet manager's logic thread ([`iocp_packet::logic`]).
+//! - [`users`]: `iocp-server users add|remove|list`, the chat server's account tool.
+//! - [`cli`]: the command line that puts them together.
+#![forbid(unsafe_code)]
+
+pub mod chat;
+pub mod cli;
+pub mod echo;
+mod run;
+pub mod users;

@@ -1,0 +1,90 @@
+//! What every server subcommand does while it runs: watch for signals, print statistics.
+
+use std::time::Duration;
+
+use iocp_server::ServerHandle;
+
+/// Prints the statistics every `interval` seconds (with `extra`'s line, if any) until shutdown
+/// starts; with `interval` 0, only waits for shutdown.
+pub(crate) fn report_stats(
+    handle: &ServerHandle,
+    interval: u64,
+    mut extra: impl FnMut() -> Option<String>,
+) {
+    if interval == 0 {
+        while !handle.wait_for_shutdown(Duration::from_secs(3600)) {}
+        return;
+    }
+    let mut last = handle.stats();
+    while !handle.wait_for_shutdown(Duration::from_secs(interval)) {
+        let now = handle.stats();
+        let rate = (now.messages_in - last.messages_in) / interval;
+        tracing::info!("{now} | {rate} msgs/s in");
+        if let Some(line) = extra() {
+            tracing::info!("{line}");
+        }
+        last = now;
+    }
+}
+
+/// SIGINT and SIGTERM, caught from the moment [`catch_signals`] returns (before the server
+/// starts, so that a signal that comes early is not lost), until [`Signals::shut_down_with`]
+/// hands them to a server.
+pub(crate) struct Signals {
+    #[cfg(unix)]
+    signals: signal_hook::iterator::Signals,
+}
+
+/// Starts catching SIGINT and SIGTERM.
+#[cfg(unix)]
+pub(crate) fn catch_signals() -> std::io::Result<Signals> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    Ok(Signals {
+        signals: signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?,
+    })
+}
+
+#[cfg(not(unix))]
+pub(crate) fn catch_signals() -> std::io::Result<Signals> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "no signal handling on this platform",
+    ))
+}
+
+impl Signals {
+    /// From now on, the first signal starts a graceful shutdown of `handle`'s server; a second
+    /// one ends the process at once.
+    #[cfg(unix)]
+    pub(crate) fn shut_down_with(mut self, handle: ServerHandle) -> std::io::Result<()> {
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let mut seen = false;
+                for signal in self.signals.forever() {
+                    if seen {
+                        tracing::warn!("second signal {signal}: exiting now");
+                        std::process::exit(130);
+                    }
+                    seen = true;
+                    tracing::info!(
+                        "signal {signal}: shutting down (flushing for up to the linger time)"
+                    );
+                    handle.shutdown();
+                }
+            })?;
+        Ok(())
+    }
+
+    #[cfg(not(unix))]
+    pub(crate) fn shut_down_with(self, _handle: ServerHandle) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Hands the caught signals to `handle`'s server, or says why there are none.
+pub(crate) fn watch_signals(signals: std::io::Result<Signals>, handle: ServerHandle) {
+    if let Err(e) = signals.and_then(|s| s.shut_down_with(handle)) {
+        tracing::warn!("signals are not handled (shut down with the API only): {e}");
+    }
+}

@@ -1,0 +1,332 @@
+//! The `iocp-server` binary itself: `users add|list|remove` with the password on stdin, and the
+//! `chat` and `echo` servers started as processes.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use iocp_packet::accounts::{AccountStore, RedbStore};
+use iocp_packet::chat_protocol::ResultCode;
+use support::{Client, IO_TIMEOUT};
+
+const BIN: &str = env!("CARGO_BIN_EXE_iocp-server");
+
+/// Runs `iocp-server args...` with `stdin` as standard input, within [`IO_TIMEOUT`].
+fn run(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn iocp-server");
+    // A command that does not read its input may exit before this write: a broken pipe is fine.
+    let written = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    if let Err(e) = written {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+    }
+    wait_within(child, IO_TIMEOUT)
+}
+
+/// Waits for `child` to exit, killing it and failing the test after `limit`.
+fn wait_within(mut child: Child, limit: Duration) -> Output {
+    wait_status(&mut child, limit);
+    child.wait_with_output().unwrap()
+}
+
+/// Waits for `child` to exit, killing it and failing the test after `limit`.
+fn wait_status(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("iocp-server did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn users(db: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut all = vec!["users"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--db", db.to_str().unwrap()]);
+    run(&all, stdin)
+}
+
+#[test]
+fn users_add_list_remove_with_the_password_on_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("accounts.redb");
+
+    let out = users(&db, &["add", "alice", "--hash-cost", "light"], "alice-pw\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "added alice\n");
+
+    let out = users(&db, &["add", "alice", "--hash-cost", "light"], "other\n");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("alice exists"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The real cost, once; and a password line ending in CRLF.
+    let out = users(&db, &["add", "bob"], "bob-pw\r\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    for (args, stdin, why) in [
+        (&["add", "bad id"][..], "pw\n", "invalid user id"),
+        (&["add", "carol"][..], "\n", "it is empty"),
+        (&["add", "carol"][..], "", "it is empty"),
+        (
+            &["add", "carol"][..],
+            "123456789012345678901\n",
+            "longer than 20 bytes",
+        ),
+        (&["remove", "nobody"][..], "", "no user nobody"),
+    ] {
+        let out = users(&db, args, stdin);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            text(&out.stderr).contains(why),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+
+    let out = users(&db, &["list"], "");
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout), "alice\nbob\n");
+
+    // What is stored: Argon2id hashes with a salt, never the password.
+    {
+        let store = RedbStore::open(&db).unwrap();
+        let bob = store.password_hash("bob").unwrap().unwrap();
+        assert!(bob.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{bob}");
+        assert!(!bob.contains("bob-pw"));
+        let alice = store.password_hash("alice").unwrap().unwrap();
+        assert!(alice.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{alice}");
+    }
+    let raw = std::fs::read(&db).unwrap();
+    assert!(!raw.windows(8).any(|w| w == b"alice-pw"));
+
+    let out = users(
+        &db,
+        &["add", "alice", "--replace", "--hash-cost", "light"],
+        "new-pw\n",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "set alice\n");
+
+    let out = users(&db, &["remove", "alice"], "");
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout), "removed alice\n");
+    let out = users(&db, &["list"], "");
+    assert_eq!(text(&out.stdout), "bob\n");
+}
+
+/// A server process whose stderr is read line by line.
+struct ServerProcess {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    addr: SocketAddr,
+}
+
+impl ServerProcess {
+    fn start(args: &[&str]) -> ServerProcess {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn iocp-server");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(strip_ansi(&line)).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = ServerProcess {
+            child,
+            lines,
+            addr: "0.0.0.0:0".parse().unwrap(),
+        };
+        let line = server.wait_for("listening on ");
+        let rest = &line[line.find("listening on ").unwrap() + "listening on ".len()..];
+        server.addr = rest[..rest.find(": ").unwrap()].parse().unwrap();
+        server
+    }
+
+    /// The first line (from now) containing `what`.
+    fn wait_for(&mut self, what: &str) -> String {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!("the server never logged {what:?}");
+                }
+            }
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    #[cfg(unix)]
+    fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.wait_for("stopped");
+        let status = wait_status(&mut self.child, IO_TIMEOUT);
+        assert!(status.success(), "{status:?}");
+    }
+
+    #[cfg(not(unix))]
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The chat server as a process, with an account added while it runs (the account file is
+/// shared between the two processes).
+#[test]
+fn chat_binary_with_users_added_while_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.redb");
+    let db_arg = db.to_str().unwrap();
+    let mut server = ServerProcess::start(&[
+        "chat",
+        "--addr",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--db",
+        db_arg,
+        "--rooms",
+        "3",
+        "--room-capacity",
+        "2",
+    ]);
+    server.wait_for("chat: 3 rooms of 2");
+
+    let mut c = Client::connect(server.addr);
+    assert_eq!(
+        c.login("dave", "dave-pw"),
+        ResultCode::LOGIN_USER_INVALID_PW
+    );
+
+    let out = users(&db, &["add", "dave", "--hash-cost", "light"], "dave-pw\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = users(&db, &["add", "erin", "--hash-cost", "light"], "erin-pw\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    assert_eq!(c.login("dave", "wrong"), ResultCode::LOGIN_USER_INVALID_PW);
+    assert_eq!(c.login("dave", "dave-pw"), ResultCode::NONE);
+    c.name = "dave".into();
+    let mut erin = Client::connect(server.addr);
+    assert_eq!(erin.login("erin", "erin-pw"), ResultCode::NONE);
+    assert_eq!(c.enter(2).0.result, ResultCode::NONE);
+    let (r, members) = erin.enter(2);
+    assert_eq!(
+        (r.result, members),
+        (ResultCode::NONE, vec!["dave".to_owned()])
+    );
+    assert_eq!(erin.chat("hi dave"), ResultCode::NONE);
+
+    // Removing a user while the server runs: new logins are refused.
+    let out = users(&db, &["remove", "erin"], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    drop(erin);
+    let mut again = Client::connect(server.addr);
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let result = loop {
+        // Until the server has seen erin's first connection go.
+        match again.login("erin", "erin-pw") {
+            ResultCode::LOGIN_USER_ALREADY if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            result => break result,
+        }
+    };
+    assert_eq!(result, ResultCode::LOGIN_USER_INVALID_PW);
+
+    drop(c);
+    server.stop();
+}
+
+/// `iocp-server echo` with its flags still works as a process.
+#[test]
+fn echo_binary_still_echoes() {
+    let server = ServerProcess::start(&[
+        "echo",
+        "--addr",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--max-sessions",
+        "8",
+        "--send-queue-limit",
+        "65536",
+        "--linger",
+        "1",
+        "--backend",
+        "auto",
+    ]);
+    let mut stream = std::net::TcpStream::connect_timeout(&server.addr, IO_TIMEOUT).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.write_all(b"hello, seed").unwrap();
+    let mut back = [0u8; 11];
+    stream.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"hello, seed");
+    drop(stream);
+    server.stop();
+}

@@ -1,0 +1,570 @@
+//! The chat server on loopback, started in-process: login, rooms, chat, clean-up, bad input.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use iocp_packet::chat_protocol::{
+    ChatPacket, LoginRequest, Packet, ResultCode, RoomChatNotify, RoomLeaveUserNotify,
+    RoomNewUserNotify,
+};
+use iocp_server::CloseReason;
+use support::{Client, PASSWORD, config, eventually, start, stop_within};
+
+const STOP: Duration = Duration::from_secs(10);
+
+#[test]
+fn login_right_wrong_unknown_duplicate() {
+    let server = start(config(2, 4), &["alice", "bob"]);
+    let addr = server.local_addr();
+
+    let mut c = Client::connect(addr);
+    assert_eq!(c.login("alice", "wrong"), ResultCode::LOGIN_USER_INVALID_PW);
+    assert_eq!(
+        c.login("nobody", PASSWORD),
+        ResultCode::LOGIN_USER_INVALID_PW,
+        "an unknown user is not told apart from a wrong password"
+    );
+    assert_eq!(
+        c.login("bad id!", PASSWORD),
+        ResultCode::LOGIN_USER_INVALID_ID
+    );
+    assert_eq!(c.login("", PASSWORD), ResultCode::LOGIN_USER_INVALID_ID);
+    assert_eq!(c.login("alice", PASSWORD), ResultCode::NONE);
+    assert_eq!(
+        c.login("bob", PASSWORD),
+        ResultCode::LOGIN_USER_ALREADY,
+        "this session is logged in already"
+    );
+
+    let mut other = Client::connect(addr);
+    assert_eq!(
+        other.login("alice", PASSWORD),
+        ResultCode::LOGIN_USER_ALREADY,
+        "a second login of a logged-in user is refused"
+    );
+    assert_eq!(other.login("bob", PASSWORD), ResultCode::NONE);
+
+    // The first session keeps its login: it can chat.
+    let (r, _) = c.enter(0);
+    assert_eq!(r.result, ResultCode::NONE);
+    assert_eq!(c.chat("still me"), ResultCode::NONE);
+
+    let stats = server.stats();
+    assert_eq!(stats.online, 2);
+    assert_eq!(stats.logins, 2);
+    assert_eq!(stats.logins_refused, 6);
+    stop_within(server, STOP);
+}
+
+#[test]
+fn too_many_failed_logins_close_the_connection() {
+    let server = start(config(1, 4), &["alice"]);
+    let mut c = Client::connect(server.local_addr());
+    for _ in 0..5 {
+        assert_eq!(c.login("alice", "guess"), ResultCode::LOGIN_USER_INVALID_PW);
+    }
+    c.expect_closed();
+    // Another connection may still log in.
+    Client::login_as(server.local_addr(), "alice");
+    stop_within(server, STOP);
+}
+
+#[test]
+fn requests_before_login_are_refused() {
+    let server = start(config(2, 4), &["alice"]);
+    let mut c = Client::connect(server.local_addr());
+    let (r, members) = c.enter(0);
+    assert_eq!(r.result, ResultCode::USER_MGR_NOT_LOGGED_IN);
+    assert!(members.is_empty());
+    assert_eq!(c.leave(), ResultCode::USER_MGR_NOT_LOGGED_IN);
+    assert_eq!(c.chat("hello?"), ResultCode::USER_MGR_NOT_LOGGED_IN);
+    // The session is still served: it can log in now.
+    assert_eq!(c.login("alice", PASSWORD), ResultCode::NONE);
+    assert_eq!(c.enter(1).0.result, ResultCode::NONE);
+    stop_within(server, STOP);
+}
+
+#[test]
+fn room_rules() {
+    let server = start(config(2, 2), &["alice", "bob", "carol"]);
+    let addr = server.local_addr();
+    let mut alice = Client::login_as(addr, "alice");
+    let mut bob = Client::login_as(addr, "bob");
+    let mut carol = Client::login_as(addr, "carol");
+
+    assert_eq!(
+        alice.chat("nobody hears"),
+        ResultCode::CHAT_ROOM_INVALID_ROOM_NUMBER
+    );
+    assert_eq!(alice.leave(), ResultCode::LEAVE_ROOM_INVALID_ROOM_INDEX);
+    assert_eq!(alice.enter(2).0.result, ResultCode::ROOM_INVALID_INDEX);
+    assert_eq!(alice.enter(-1).0.result, ResultCode::ROOM_INVALID_INDEX);
+
+    let (r, members) = alice.enter(1);
+    assert_eq!(r.result, ResultCode::NONE);
+    assert_eq!(r.rival_user_id, "");
+    assert!(members.is_empty());
+    assert_eq!(
+        alice.enter(0).0.result,
+        ResultCode::ENTER_ROOM_INVALID_USER_STATUS,
+        "already in a room"
+    );
+
+    let (r, members) = bob.enter(1);
+    assert_eq!(r.result, ResultCode::NONE);
+    assert_eq!(r.rival_user_id, "alice");
+    assert_eq!(members, ["alice"]);
+    assert_eq!(
+        alice.recv(),
+        Packet::RoomNewUserNotify(RoomNewUserNotify {
+            user_id: "bob".into()
+        })
+    );
+
+    // Room full.
+    let (r, _) = carol.enter(1);
+    assert_eq!(r.result, ResultCode::ENTER_ROOM_FULL_USER);
+
+    // Bob leaves: alice is told, and there is room for carol.
+    assert_eq!(bob.leave(), ResultCode::NONE);
+    assert_eq!(
+        alice.recv(),
+        Packet::RoomLeaveUserNotify(RoomLeaveUserNotify {
+            user_id: "bob".into()
+        })
+    );
+    assert_eq!(bob.leave(), ResultCode::LEAVE_ROOM_INVALID_ROOM_INDEX);
+    let (r, members) = carol.enter(1);
+    assert_eq!(r.result, ResultCode::NONE);
+    assert_eq!(members, ["alice"]);
+    stop_within(server, STOP);
+}
+
+/// Every member receives every message of its room, in each sender's order, exactly once; the
+/// sender gets its response before its own notification; other rooms hear nothing.
+#[test]
+fn notify_fan_out_in_order() {
+    const MEMBERS: usize = 4;
+    const MESSAGES: usize = 50;
+    let names: Vec<String> = (0..MEMBERS + 1).map(|i| format!("user{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let server = start(config(2, 8), &refs);
+    let addr = server.local_addr();
+
+    let mut clients: Vec<Client> = names[..MEMBERS]
+        .iter()
+        .map(|n| Client::login_as(addr, n))
+        .collect();
+    for i in 0..MEMBERS {
+        let (r, members) = clients[i].enter(0);
+        assert_eq!(r.result, ResultCode::NONE);
+        assert_eq!(members.len(), i);
+        for earlier in &mut clients[..i] {
+            assert!(matches!(earlier.recv(), Packet::RoomNewUserNotify(_)));
+        }
+    }
+    // Someone in the other room must hear nothing.
+    let mut outsider = Client::login_as(addr, &names[MEMBERS]);
+    assert_eq!(outsider.enter(1).0.result, ResultCode::NONE);
+
+    // Everyone writes all their messages at once (interleaved), then reads.
+    for seq in 0..MESSAGES {
+        for c in &mut clients {
+            let text = format!("{} {seq}", c.name);
+            c.say(&text);
+        }
+    }
+    for c in &mut clients {
+        let mut next: HashMap<String, usize> = HashMap::new();
+        let mut responses = 0;
+        let mut notifies = 0;
+        while notifies < MEMBERS * MESSAGES {
+            match c.recv() {
+                Packet::RoomChatResponse(r) => {
+                    assert_eq!(r.result, ResultCode::NONE);
+                    responses += 1;
+                }
+                Packet::RoomChatNotify(RoomChatNotify { user_id, message }) => {
+                    let (sender, seq) = message.split_once(' ').unwrap();
+                    assert_eq!(sender, user_id, "the notify names its sender");
+                    let seq: usize = seq.parse().unwrap();
+                    let expected = next.entry(user_id.clone()).or_default();
+                    assert_eq!(seq, *expected, "{}: {user_id}'s messages in order", c.name);
+                    *expected += 1;
+                    if user_id == c.name {
+                        assert!(
+                            responses > seq,
+                            "the response comes before the sender's own notify"
+                        );
+                    }
+                    notifies += 1;
+                }
+                other => panic!("{}: unexpected {other:?}", c.name),
+            }
+        }
+        assert_eq!(responses, MESSAGES);
+        assert!(next.values().all(|&n| n == MESSAGES), "{next:?}");
+    }
+    // The outsider still gets only what is meant for it.
+    assert_eq!(outsider.chat("anyone?"), ResultCode::NONE);
+    assert!(matches!(outsider.recv(), Packet::RoomChatNotify(n) if n.message == "anyone?"));
+    let stats = server.stats();
+    assert_eq!(stats.chats, (MEMBERS * MESSAGES + 1) as u64);
+    assert_eq!(stats.notifies, (MEMBERS * MEMBERS * MESSAGES + 1) as u64);
+    stop_within(server, STOP);
+}
+
+/// A member who disconnects leaves the room (the others are told), is logged out, and can
+/// log in again and take its seat back.
+#[test]
+fn disconnect_leaves_the_room_and_logs_out() {
+    let server = start(config(1, 2), &["alice", "bob", "carol"]);
+    let addr = server.local_addr();
+    let mut alice = Client::login_as(addr, "alice");
+    let mut bob = Client::login_as(addr, "bob");
+    assert_eq!(alice.enter(0).0.result, ResultCode::NONE);
+    assert_eq!(bob.enter(0).0.result, ResultCode::NONE);
+    assert!(matches!(alice.recv(), Packet::RoomNewUserNotify(_)));
+
+    drop(bob);
+    assert_eq!(
+        alice.recv(),
+        Packet::RoomLeaveUserNotify(RoomLeaveUserNotify {
+            user_id: "bob".into()
+        })
+    );
+    eventually("bob logged out", || server.stats().online == 1);
+
+    let mut bob = Client::login_as(addr, "bob");
+    let (r, members) = bob.enter(0);
+    assert_eq!(r.result, ResultCode::NONE, "the seat was freed");
+    assert_eq!(members, ["alice"]);
+    assert!(matches!(alice.recv(), Packet::RoomNewUserNotify(_)));
+    assert_eq!(bob.chat("back"), ResultCode::NONE);
+    assert!(matches!(alice.recv(), Packet::RoomChatNotify(n) if n.user_id == "bob"));
+
+    // A disconnect while the password is being checked leaves nothing behind either.
+    let mut carol = Client::connect(addr);
+    carol.send(&LoginRequest {
+        user_id: "carol".into(),
+        password: PASSWORD.into(),
+    });
+    drop(carol);
+    eventually("carol gone", || server.handle().stats().open() == 2);
+    eventually("carol logged out", || server.stats().online == 2);
+    Client::login_as(addr, "carol");
+    stop_within(server, STOP);
+}
+
+/// Bad input closes only the session that sent it; the room goes on chatting.
+#[test]
+fn malformed_and_oversized_frames_close_only_their_session() {
+    let server = start(config(1, 4), &["alice", "bob", "mallory"]);
+    let addr = server.local_addr();
+    let mut alice = Client::login_as(addr, "alice");
+    let mut bob = Client::login_as(addr, "bob");
+    assert_eq!(alice.enter(0).0.result, ResultCode::NONE);
+    assert_eq!(bob.enter(0).0.result, ResultCode::NONE);
+    assert!(matches!(alice.recv(), Packet::RoomNewUserNotify(_)));
+
+    let login = LoginRequest {
+        user_id: "mallory".into(),
+        password: PASSWORD.into(),
+    }
+    .encode();
+    let mut short_login = login[..35].to_vec(); // body of 30 bytes instead of 42
+    short_login[0] = 35;
+    let bad_inputs: Vec<(&str, Vec<u8>)> = vec![
+        ("short body", short_login),
+        ("long body", {
+            let mut v = login.to_vec();
+            v.push(0);
+            v[0] += 1;
+            v
+        }),
+        ("oversized frame", {
+            let mut v = vec![0xff, 0xff, 201, 0, 0];
+            v.extend_from_slice(&[0; 100]);
+            v
+        }),
+        ("length below the header", vec![3, 0, 201, 0, 0]),
+        ("unknown id", vec![5, 0, 0x39, 0x30, 0]),
+        ("a server-to-client id", vec![7, 0, 202, 0, 0, 0, 0]),
+        ("not this protocol", b"GET / HTTP/1.1\r\n\r\n".to_vec()),
+    ];
+    let before = server
+        .handle()
+        .stats()
+        .closed_for(&CloseReason::Protocol(String::new()));
+    for (what, bytes) in &bad_inputs {
+        let mut bad = Client::connect(addr);
+        bad.name = (*what).to_owned();
+        bad.send_raw(bytes);
+        bad.expect_closed();
+    }
+    // A logged-in member who goes bad is closed and leaves the room.
+    let mut mallory = Client::login_as(addr, "mallory");
+    assert_eq!(mallory.enter(0).0.result, ResultCode::NONE);
+    assert!(matches!(alice.recv(), Packet::RoomNewUserNotify(_)));
+    assert!(matches!(bob.recv(), Packet::RoomNewUserNotify(_)));
+    mallory.send_raw(&[9, 0, 214, 0, 0, 1, 2, 3, 4]);
+    mallory.expect_closed();
+    for c in [&mut alice, &mut bob] {
+        assert_eq!(
+            c.recv(),
+            Packet::RoomLeaveUserNotify(RoomLeaveUserNotify {
+                user_id: "mallory".into()
+            })
+        );
+    }
+
+    let expected = before + bad_inputs.len() as u64 + 1;
+    eventually("every bad session counted", || {
+        server
+            .handle()
+            .stats()
+            .closed_for(&CloseReason::Protocol(String::new()))
+            == expected
+    });
+    // Alice and bob never noticed.
+    assert_eq!(alice.chat("still here"), ResultCode::NONE);
+    assert!(matches!(alice.recv(), Packet::RoomChatNotify(n) if n.message == "still here"));
+    assert!(matches!(bob.recv(), Packet::RoomChatNotify(n) if n.message == "still here"));
+    stop_within(server, STOP);
+}
+
+/// With `--bad-packet ignore`, an unknown id or a malformed body is skipped and the session
+/// goes on; a bad length still closes it.
+#[test]
+fn bad_packets_can_be_ignored() {
+    let mut config = config(1, 4);
+    config.bad_packet = iocp_packet::BadPacket::Ignore;
+    let server = start(config, &["alice"]);
+    let mut c = Client::connect(server.local_addr());
+    c.send_raw(&[5, 0, 0x39, 0x30, 0]); // unknown id
+    c.send_raw(&[6, 0, 201, 0, 0, 1]); // LOGIN_REQUEST with a 1-byte body
+    assert_eq!(c.login("alice", PASSWORD), ResultCode::NONE);
+    c.send_raw(&[0xff, 0xff]);
+    c.expect_closed();
+    stop_within(server, STOP);
+}
+
+/// A member that stops reading is disconnected at its send-queue limit and leaves the room;
+/// the others get every message, in order.
+#[test]
+fn a_member_that_stops_reading_is_evicted() {
+    let mut config = config(1, 4);
+    config.server.send_queue_limit = 32 * 1024;
+    let server = start(config, &["alice", "bob", "sloth"]);
+    let addr = server.local_addr();
+
+    // The slow member: a small receive buffer, and it never reads.
+    let sloth = {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket
+            .connect_timeout(&addr.into(), support::IO_TIMEOUT)
+            .unwrap();
+        let stream: std::net::TcpStream = socket.into();
+        stream.set_read_timeout(Some(support::IO_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(support::IO_TIMEOUT)).unwrap();
+        stream
+    };
+    let mut sloth = Client::wrap(sloth, "sloth");
+    assert_eq!(sloth.login("sloth", PASSWORD), ResultCode::NONE);
+    assert_eq!(sloth.enter(0).0.result, ResultCode::NONE);
+
+    let mut alice = Client::login_as(addr, "alice");
+    let mut bob = Client::login_as(addr, "bob");
+    assert_eq!(alice.enter(0).0.result, ResultCode::NONE);
+    assert_eq!(bob.enter(0).0.result, ResultCode::NONE);
+    assert!(matches!(alice.recv(), Packet::RoomNewUserNotify(_)));
+
+    // Alice talks; bob and alice read everything as it comes; sloth reads nothing.
+    let mut sent = 0;
+    let mut seen = [0usize; 2];
+    let mut saw_leave = [false; 2];
+    while saw_leave != [true, true] {
+        if !saw_leave.contains(&true) {
+            assert!(sent < 100_000, "sloth was never evicted");
+            alice.say(&format!("{sent}"));
+            sent += 1;
+        }
+        for (i, c) in [&mut alice, &mut bob].into_iter().enumerate() {
+            while seen[i] < sent || (saw_leave.contains(&true) && !saw_leave[i]) {
+                match c.recv() {
+                    Packet::RoomChatResponse(r) => assert_eq!(r.result, ResultCode::NONE),
+                    Packet::RoomChatNotify(n) => {
+                        assert_eq!(n.message, seen[i].to_string(), "{}: in order", c.name);
+                        seen[i] += 1;
+                    }
+                    Packet::RoomLeaveUserNotify(n) => {
+                        assert_eq!(n.user_id, "sloth");
+                        saw_leave[i] = true;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+    }
+    assert_eq!(seen, [sent, sent], "nothing lost for the members who read");
+    assert_eq!(
+        server
+            .handle()
+            .stats()
+            .closed_for(&CloseReason::SendQueueFull),
+        1
+    );
+    drop(sloth);
+    assert_eq!(bob.chat("after"), ResultCode::NONE);
+    stop_within(server, STOP);
+}
+
+/// A store that takes `delay` to answer, like a slow hash or a remote database.
+struct SlowStore {
+    inner: iocp_packet::accounts::MemoryStore,
+    delay: Duration,
+}
+
+impl iocp_packet::accounts::AccountStore for SlowStore {
+    fn password_hash(
+        &self,
+        user_id: &str,
+    ) -> Result<Option<String>, iocp_packet::accounts::StoreError> {
+        std::thread::sleep(self.delay);
+        self.inner.password_hash(user_id)
+    }
+    fn insert(
+        &self,
+        user_id: &str,
+        hash: &str,
+        replace: bool,
+    ) -> Result<bool, iocp_packet::accounts::StoreError> {
+        self.inner.insert(user_id, hash, replace)
+    }
+    fn remove(&self, user_id: &str) -> Result<bool, iocp_packet::accounts::StoreError> {
+        self.inner.remove(user_id)
+    }
+    fn user_ids(&self) -> Result<Vec<String>, iocp_packet::accounts::StoreError> {
+        self.inner.user_ids()
+    }
+}
+
+fn slow_accounts(users: &[String], delay: Duration) -> iocp_packet::accounts::Accounts {
+    use iocp_packet::accounts::{AccountStore, Accounts, HashCost, MemoryStore};
+    let inner = MemoryStore::new();
+    for user in users {
+        let hash = iocp_packet::accounts::hash_password(PASSWORD, HashCost::LIGHT).unwrap();
+        inner.insert(user, &hash, false).unwrap();
+    }
+    Accounts::new(
+        std::sync::Arc::new(SlowStore { inner, delay }) as std::sync::Arc<dyn AccountStore>
+    )
+}
+
+/// Password checks run off the logic thread: while a storm of slow logins is being checked,
+/// a room keeps chatting at full speed.
+#[test]
+fn a_login_storm_does_not_stall_chat() {
+    const STORM: usize = 40;
+    const CHECK: Duration = Duration::from_millis(50);
+    let mut names: Vec<String> = (0..STORM).map(|i| format!("storm{i}")).collect();
+    names.extend(["alice".to_owned(), "bob".to_owned()]);
+    let mut config = config(1, 4);
+    config.login_threads = 2;
+    let server =
+        iocp_server_app::chat::ChatServer::start(config, slow_accounts(&names, CHECK)).unwrap();
+    let addr = server.local_addr();
+    let mut alice = Client::login_as(addr, "alice");
+    let mut bob = Client::login_as(addr, "bob");
+    assert_eq!(alice.enter(0).0.result, ResultCode::NONE);
+    assert_eq!(bob.enter(0).0.result, ResultCode::NONE);
+    assert!(matches!(alice.recv(), Packet::RoomNewUserNotify(_)));
+
+    // The storm: 40 logins at 50 ms each on 2 threads keep the pool busy for about a second.
+    let mut storm: Vec<Client> = (0..STORM)
+        .map(|i| {
+            let mut c = Client::connect(addr);
+            c.send(&LoginRequest {
+                user_id: format!("storm{i}"),
+                password: PASSWORD.into(),
+            });
+            c
+        })
+        .collect();
+    let storm_started = std::time::Instant::now();
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let t = std::time::Instant::now();
+        assert_eq!(
+            alice.chat(&format!("during the storm {i}")),
+            ResultCode::NONE
+        );
+        assert!(matches!(alice.recv(), Packet::RoomChatNotify(_)));
+        assert!(matches!(bob.recv(), Packet::RoomChatNotify(_)));
+        slowest = slowest.max(t.elapsed());
+    }
+    let chat_time = storm_started.elapsed();
+    for c in &mut storm {
+        match c.recv() {
+            Packet::LoginResponse(r) => assert_eq!(r.result, ResultCode::NONE),
+            other => panic!("{other:?}"),
+        }
+    }
+    let storm_time = storm_started.elapsed();
+    assert!(
+        chat_time < storm_time / 2,
+        "the chat ({chat_time:?}) was not held up by the logins ({storm_time:?})"
+    );
+    // Were the checks on the logic thread, the first chat would wait for all 40 of them.
+    assert!(
+        slowest < storm_time / 2,
+        "one chat round trip took {slowest:?} of the storm's {storm_time:?}"
+    );
+    assert_eq!(server.stats().online, STORM as u64 + 2);
+    stop_within(server, STOP);
+}
+
+/// More logins waiting than the pool's queue holds: the surplus is answered
+/// `LOGIN_SERVER_BUSY` at once, and a retry later succeeds.
+#[test]
+fn a_full_login_queue_answers_busy() {
+    let names: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
+    let mut config = config(1, 4);
+    config.login_threads = 1;
+    config.login_queue = 2;
+    let server = iocp_server_app::chat::ChatServer::start(
+        config,
+        slow_accounts(&names, Duration::from_millis(100)),
+    )
+    .unwrap();
+    let addr = server.local_addr();
+    let mut clients: Vec<Client> = names
+        .iter()
+        .map(|n| {
+            let mut c = Client::connect(addr);
+            c.name = n.clone();
+            c.send(&LoginRequest {
+                user_id: n.clone(),
+                password: PASSWORD.into(),
+            });
+            c
+        })
+        .collect();
+    let mut busy = Vec::new();
+    for (i, c) in clients.iter_mut().enumerate() {
+        match c.recv() {
+            Packet::LoginResponse(r) if r.result == ResultCode::LOGIN_SERVER_BUSY => busy.push(i),
+            Packet::LoginResponse(r) => assert_eq!(r.result, ResultCode::NONE),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(!busy.is_empty(), "a queue of 2 cannot hold 20 logins");
+    assert!(busy.len() <= 20 - 2, "at least the first ones got in");
+    let i = busy[0];
+    assert_eq!(clients[i].login(&names[i], PASSWORD), ResultCode::NONE);
+    stop_within(server, STOP);
+}
