@@ -34,6 +34,9 @@ pub enum Command {
     Echo(EchoArgs),
     /// Open connections, hold them idle, check that they stay open, close them.
     Idle(IdleArgs),
+    /// Log users in to the chat server, join rooms, chat, and verify that every member of a room
+    /// receives every notify of that room, in order.
+    Chat(crate::chat::ChatArgs),
 }
 
 /// Settings shared by every workload.

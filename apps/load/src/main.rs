@@ -22,6 +22,7 @@
 //! bad command line.
 #![deny(unsafe_code)]
 
+mod chat;
 mod cli;
 mod connect;
 mod message;
@@ -42,5 +43,6 @@ fn main() -> ExitCode {
     match &cli.command {
         Command::Echo(args) => run::echo(args),
         Command::Idle(args) => run::idle(args),
+        Command::Chat(args) => chat::run(args),
     }
 }
