@@ -344,12 +344,16 @@ fn sends_from_other_threads_arrive_in_order(backend: BackendChoice) {
                     0,
                     "client {i}: a frame was cut short"
                 );
-                // A session that is being set up when a round starts may miss that round (it is
-                // not open yet when the sender lists the sessions); from then on, nothing is lost.
+                // A session misses the sends by id (odd rounds) that were listed before it
+                // opened, yet may get the broadcasts (even rounds) of those rounds: a worker
+                // lists its sessions for a broadcast when it handles the command, some time
+                // after the round (longer on a slow host, such as Wine). From the first send by
+                // id that reached it, nothing is lost.
                 for w in pushes.windows(2) {
                     assert!(w[1] > w[0], "client {i}: pushes out of order: {pushes:?}");
                 }
-                for w in pushes.windows(2).skip(2) {
+                let first_by_id = pushes.iter().position(|seq| seq % 2 == 1);
+                for w in pushes[first_by_id.unwrap_or(pushes.len())..].windows(2) {
                     assert_eq!(w[1], w[0] + 1, "client {i}: pushes lost: {pushes:?}");
                 }
                 pushes.len()
