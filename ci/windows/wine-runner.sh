@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Cargo runner for x86_64-pc-windows-gnu: runs a Windows .exe under Wine.
 #
-#   cargo test --target x86_64-pc-windows-gnu      # .cargo/config.toml points here
+#   CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=$PWD/ci/windows/wine-runner.sh \
+#     cargo test --target x86_64-pc-windows-gnu
 #   ci/windows/wine-runner.sh path/to/prog.exe ARGS # by hand
 #
 # On first use it creates a dedicated 64-bit Wine prefix and installs into it a

@@ -79,6 +79,9 @@ pub struct Config {
     /// Number of receive buffers shared by all connections of the driver (io_uring provided-buffer
     /// ring; a power of two).
     pub recv_buffer_count: u16,
+    /// `AcceptEx` calls kept posted on the listening socket (IOCP). Bounded by `capacity`: more
+    /// would only hold sockets for connections that the listen backlog queues anyway.
+    pub accept_depth: u32,
     /// Switches to turn io_uring features off, for testing the fall-back paths.
     pub uring: UringOptions,
 }
@@ -91,6 +94,7 @@ impl Default for Config {
             ring_entries: 1024,
             recv_buffer_size: 16 * 1024,
             recv_buffer_count: 256,
+            accept_depth: 32,
             uring: UringOptions::default(),
         }
     }
@@ -122,6 +126,9 @@ pub struct Features {
     pub multishot_recv: bool,
     /// `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN` (Linux 6.1).
     pub defer_taskrun: bool,
+    /// What a backend other than io_uring uses, in words, shown instead of the io_uring
+    /// features (IOCP: how many accepts are posted, how it receives).
+    pub summary: Option<String>,
     /// Why the driver runs on something other than what was asked for, if it does.
     pub fallback: Option<String>,
     /// Features the kernel lacks or configuration turned off, in words.
@@ -131,13 +138,16 @@ pub struct Features {
 impl fmt::Display for Features {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let yes = |b: bool| if b { "yes" } else { "no" };
-        write!(
-            f,
-            "multishot accept: {}, multishot recv + buffer ring: {}, defer taskrun: {}",
-            yes(self.multishot_accept),
-            yes(self.multishot_recv),
-            yes(self.defer_taskrun)
-        )?;
+        match &self.summary {
+            Some(summary) => f.write_str(summary)?,
+            None => write!(
+                f,
+                "multishot accept: {}, multishot recv + buffer ring: {}, defer taskrun: {}",
+                yes(self.multishot_accept),
+                yes(self.multishot_recv),
+                yes(self.defer_taskrun)
+            )?,
+        }
         for note in &self.notes {
             write!(f, "; {note}")?;
         }

@@ -9,7 +9,8 @@
 //!   idle connection holds no receive buffer), gathering `sendmsg`;
 //! - **poll** (`mio`: epoll, kqueue) where io_uring is missing or forbidden, turning readiness into
 //!   the same completions;
-//! - **IOCP** on Windows.
+//! - **IOCP** on Windows: `AcceptEx` kept posted, a zero-byte `WSARecv` per connection (an idle
+//!   connection holds no receive buffer), gathering `WSASend`, skip-on-success completions.
 //!
 //! The driver owns every buffer the kernel may touch until that operation's completion has
 //! arrived: receive buffers belong to the backend and are lent to the completion callback;

@@ -33,6 +33,10 @@ pub struct Config {
     pub recv_buffer_count: u16,
     /// Submission queue entries per worker (io_uring).
     pub ring_entries: u32,
+    /// `AcceptEx` calls kept posted on the listening socket (IOCP; at most the slots of one
+    /// worker). Only one worker's port can accept on a listener under IOCP; it hands connections
+    /// to the others.
+    pub accept_depth: u32,
     /// io_uring features to turn off (for testing the fall-back paths).
     pub uring: UringOptions,
 }
@@ -51,6 +55,7 @@ impl Default for Config {
             recv_buffer_size: 16 * 1024,
             recv_buffer_count: 256,
             ring_entries: 1024,
+            accept_depth: 32,
             uring: UringOptions::default(),
         }
     }

@@ -382,6 +382,10 @@ fn bind(config: &Config) -> Result<Socket> {
     let addr = config.addr;
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .op("creating the listening socket")?;
+    // On Unix, SO_REUSEADDR lets a restarted server bind while old connections linger in
+    // TIME_WAIT. Windows allows that without it, and there SO_REUSEADDR would let another socket
+    // bind the same port while we listen.
+    #[cfg(unix)]
     socket.set_reuse_address(true).op("setting SO_REUSEADDR")?;
     socket
         .bind(&SockAddr::from(addr))

@@ -370,6 +370,7 @@ pub(crate) fn run<H: Handler>(
         ring_entries: config.ring_entries,
         recv_buffer_size: config.recv_buffer_size,
         recv_buffer_count: config.recv_buffer_count,
+        accept_depth: config.accept_depth,
         uring: config.uring,
     };
     let mut driver = match Driver::new(&driver_config).and_then(|mut d| {

@@ -171,7 +171,17 @@ fn resets_cost_only_their_session(backend: BackendChoice) {
         .iter()
         .filter(|(_, r)| *r == CloseReason::PeerClosed)
         .count();
-    assert_eq!((resets, peer), (10, 20), "{closed:?}");
+    if let Some(wine) = wine() {
+        // wineserver reads (and so clears) a socket's error when it sees the reset; unless a
+        // receive is pending at that moment, the reset then reads as the end of stream.
+        eprintln!(
+            "under Wine {wine}: {resets} of the 10 resets reported as resets; not checking the \
+             rest (Wine may report a reset as a close by the peer)"
+        );
+        assert_eq!(resets + peer, 30, "{closed:?}");
+    } else {
+        assert_eq!((resets, peer), (10, 20), "{closed:?}");
+    }
     stop_within(server, Duration::from_secs(10));
 }
 

@@ -10,9 +10,9 @@
 //!
 //! | operation | io_uring | poll (`mio`) | IOCP |
 //! |---|---|---|---|
-//! | [`Port::accept`] | multishot `IORING_OP_ACCEPT` | `accept4` on readable | `AcceptEx` |
-//! | [`Port::recv`] | multishot `IORING_OP_RECV` + buffer ring | `read` on readable | `WSARecv` |
-//! | [`Port::send`] | `IORING_OP_SENDMSG` (gathering) | `sendmsg` at once; 0 bytes after writable when full | `WSASend` |
+//! | [`Port::accept`] | multishot `IORING_OP_ACCEPT` | `accept4` on readable | `AcceptEx` × depth (on the port that owns the listener) |
+//! | [`Port::recv`] | multishot `IORING_OP_RECV` + buffer ring | `read` on readable | zero-byte `WSARecv`, then `recv` until `WSAEWOULDBLOCK` |
+//! | [`Port::send`] | `IORING_OP_SENDMSG` (gathering) | `sendmsg` at once; 0 bytes after writable when full | `WSASend` (gathering `WSABUF`s) |
 //! | [`Port::cancel`] | `IORING_OP_ASYNC_CANCEL` | deregister | `CancelIoEx` |
 //! | [`Port::wait`] | `io_uring_enter` + reap | `epoll_wait` | `GetQueuedCompletionStatusEx` |
 //! | [`Waker::wake`] | `eventfd` write | `mio::Waker` | `PostQueuedCompletionStatus` |
@@ -35,6 +35,12 @@
 //! - **Accept is armed until cancelled**, like receive; `more == false` says it must be re-armed.
 //! - [`Port::wait`] returns without blocking when completions are already waiting, and returns
 //!   early (possibly with no completion) after a [`Waker::wake`] or the timeout.
+//! - An operation that finishes inside the call that started it (a readiness backend's `sendmsg`,
+//!   an IOCP operation that succeeds at once under `FILE_SKIP_COMPLETION_PORT_ON_SUCCESS`) still
+//!   completes through [`Port::wait`], never from inside the call.
+//! - Several ports may be asked to accept on one listening socket. Where the OS lets only one of
+//!   them accept (IOCP: a socket is associated with one completion port), the others' accept stays
+//!   armed without completing until [`Port::cancel_accept`].
 
 use std::io::{self, IoSlice};
 use std::time::Duration;
@@ -44,6 +50,8 @@ use socket2::Socket;
 use crate::config::{Backend, BackendChoice, Config, Features};
 use crate::token::Token;
 
+#[cfg(windows)]
+pub(crate) mod iocp;
 #[cfg(unix)]
 pub(crate) mod poll;
 #[cfg(target_os = "linux")]
@@ -79,6 +87,44 @@ pub(crate) fn is_resource_shortage(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+/// The raw handle a backend operates on.
+#[cfg(windows)]
+pub(crate) type Raw = std::os::windows::io::RawSocket;
+
+/// The raw handle of a socket.
+#[cfg(windows)]
+pub(crate) fn raw(socket: &Socket) -> Raw {
+    use std::os::windows::io::AsRawSocket;
+    socket.as_raw_socket()
+}
+
+/// Whether an operation ended because it was cancelled.
+///
+/// The IOCP backend reports a cancellation it asked for as `ERROR_OPERATION_ABORTED` (995, which
+/// is also `WSA_OPERATION_ABORTED`); Wine has been seen to report `ERROR_HANDLES_CLOSED` (676).
+/// An operation that failed with either code *without* having been cancelled is reported as
+/// `WSAECONNABORTED` instead, so that it closes the connection: any failed completion that nobody
+/// asked for means "closed".
+#[cfg(windows)]
+pub(crate) fn is_canceled(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(995 | 676))
+}
+
+/// Whether a receive ended because the backend's buffers ran out: never on IOCP (the zero-byte
+/// `WSARecv` holds no buffer).
+#[cfg(windows)]
+pub(crate) fn is_out_of_buffers(_e: &io::Error) -> bool {
+    false
+}
+
+/// Whether accepting failed for lack of handles or memory (accepting pauses and backs off):
+/// `WSAEMFILE`, `WSAENOBUFS`, `ERROR_TOO_MANY_OPEN_FILES`, `ERROR_NOT_ENOUGH_MEMORY`,
+/// `ERROR_OUTOFMEMORY`, `ERROR_NO_SYSTEM_RESOURCES`.
+#[cfg(windows)]
+pub(crate) fn is_resource_shortage(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(10024 | 10055 | 4 | 8 | 14 | 1450))
 }
 
 /// What a backend hands back for one operation.
@@ -181,6 +227,8 @@ pub(crate) enum AnyPort {
     Uring(uring::Port),
     #[cfg(unix)]
     Poll(poll::Port),
+    #[cfg(windows)]
+    Iocp(iocp::Port),
 }
 
 macro_rules! each {
@@ -190,6 +238,8 @@ macro_rules! each {
             AnyPort::Uring($p) => $e,
             #[cfg(unix)]
             AnyPort::Poll($p) => $e,
+            #[cfg(windows)]
+            AnyPort::Iocp($p) => $e,
         }
     };
 }
@@ -227,6 +277,11 @@ impl AnyPort {
                 Backend::Poll,
                 Features::default(),
             )),
+            #[cfg(windows)]
+            BackendChoice::Auto | BackendChoice::Iocp => {
+                let (port, features) = iocp::Port::new(config)?;
+                Ok((AnyPort::Iocp(port), Backend::Iocp, features))
+            }
             #[allow(unreachable_patterns)]
             other => Err(io::Error::new(
                 io::ErrorKind::Unsupported,

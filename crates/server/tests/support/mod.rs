@@ -14,10 +14,12 @@ use iocp_server::{BackendChoice, CloseReason, Config, Handler, Server, SessionId
 /// No single socket operation of a test waits longer than this.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Runs each listed test function once per backend: `mod uring { fn name() }`, `mod poll { .. }`.
+/// Runs each listed test function once per backend of the platform: `mod uring { fn name() }`
+/// and `mod poll { .. }` on Linux, `mod poll` on other Unix systems, `mod iocp` on Windows.
 #[macro_export]
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
+        #[cfg(target_os = "linux")]
         mod uring {
             $(
                 #[test]
@@ -30,11 +32,21 @@ macro_rules! backend_tests {
                 }
             )*
         }
+        #[cfg(unix)]
         mod poll {
             $(
                 #[test]
                 fn $name() {
                     super::$name(iocp_server::BackendChoice::Poll);
+                }
+            )*
+        }
+        #[cfg(windows)]
+        mod iocp {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(iocp_server::BackendChoice::Iocp);
                 }
             )*
         }
@@ -79,6 +91,7 @@ pub fn start<H: Handler>(config: Config, handler: H) -> Server {
     match asked {
         BackendChoice::Uring => assert_eq!(server.backend(), iocp_server::Backend::Uring),
         BackendChoice::Poll => assert_eq!(server.backend(), iocp_server::Backend::Poll),
+        BackendChoice::Iocp => assert_eq!(server.backend(), iocp_server::Backend::Iocp),
         _ => {}
     }
     server
@@ -209,4 +222,40 @@ pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// The Wine version, when the tests run under Wine (a Windows build run on Linux), for the few
+/// checks that Wine cannot pass; they say so when they are skipped.
+#[cfg(windows)]
+pub fn wine() -> Option<String> {
+    use std::ffi::{CStr, c_char, c_void};
+
+    #[link(name = "kernel32")]
+    unsafe extern "system" {
+        fn GetModuleHandleA(name: *const c_char) -> *mut c_void;
+        fn GetProcAddress(module: *mut c_void, name: *const c_char) -> *mut c_void;
+    }
+    // SAFETY: both names are NUL-terminated; `ntdll.dll` is loaded in every process, and a
+    // missing export gives a null pointer.
+    let f = unsafe {
+        GetProcAddress(
+            GetModuleHandleA(c"ntdll.dll".as_ptr()),
+            c"wine_get_version".as_ptr(),
+        )
+    };
+    if f.is_null() {
+        return None;
+    }
+    // SAFETY: Wine's `wine_get_version` takes nothing and returns a static NUL-terminated string.
+    let version = unsafe {
+        let get: unsafe extern "C" fn() -> *const c_char = std::mem::transmute(f);
+        CStr::from_ptr(get())
+    };
+    Some(version.to_string_lossy().into_owned())
+}
+
+/// The Wine version, when the tests run under Wine: never on this platform.
+#[cfg(not(windows))]
+pub fn wine() -> Option<String> {
+    None
 }
