@@ -8,30 +8,12 @@ use std::net::Shutdown;
 use std::sync::Arc;
 use std::time::Duration;
 
-use iocp_server::{BackendChoice, CloseReason, Context, Handler, SessionId};
+use iocp_server::{BackendChoice, CloseReason};
 use support::*;
-
-/// The seed's echo, recording connects and closes.
-struct Echo(Arc<Log>);
-
-impl Handler for Echo {
-    fn on_connect(&self, _: &mut Context<'_>, session: SessionId, _: std::net::SocketAddr) {
-        self.0.connected.lock().unwrap().push(session);
-    }
-
-    fn on_receive(&self, ctx: &mut Context<'_>, session: SessionId, data: &[u8]) {
-        // A failure closes the session; the test then sees the connection end early.
-        let _ = ctx.send(session, data);
-    }
-
-    fn on_close(&self, _: &mut Context<'_>, session: SessionId, reason: CloseReason) {
-        self.0.closed.lock().unwrap().push((session, reason));
-    }
-}
 
 fn echo_server(backend: BackendChoice) -> (iocp_server::Server, Arc<Log>) {
     let log = Arc::new(Log::default());
-    (start(config(backend), Echo(log.clone())), log)
+    (start(config(backend), RecordingEcho(log.clone())), log)
 }
 
 /// 200 clients at once, each echoing 150 messages of 1 B to 64 KiB (spread over the orders of
@@ -84,7 +66,7 @@ fn sixteen_mib_message(backend: BackendChoice) {
     let mut config = config(backend);
     config.send_queue_limit = 64 * 1024 * 1024;
     let log = Arc::new(Log::default());
-    let server = start(config, Echo(log));
+    let server = start(config, RecordingEcho(log));
     let mut stream = connect(server.local_addr());
     let data = Rng::new(16).bytes(16 * 1024 * 1024);
     let back = echo(&mut stream, &data);

@@ -13,23 +13,6 @@ use iocp_server::{BackendChoice, Bytes, CloseReason, Context, Error, Handler, Se
 use iocp_wire::{Decoder, encode};
 use support::*;
 
-/// Echo that records connects and closes.
-struct Echo(Arc<Log>);
-
-impl Handler for Echo {
-    fn on_connect(&self, _: &mut Context<'_>, session: SessionId, _: std::net::SocketAddr) {
-        self.0.connected.lock().unwrap().push(session);
-    }
-
-    fn on_receive(&self, ctx: &mut Context<'_>, session: SessionId, data: &[u8]) {
-        let _ = ctx.send(session, data);
-    }
-
-    fn on_close(&self, _: &mut Context<'_>, session: SessionId, reason: CloseReason) {
-        self.0.closed.lock().unwrap().push((session, reason));
-    }
-}
-
 /// A session id kept after its session closed is refused, and the client that got the slot next
 /// receives nothing meant for the old one.
 fn stale_session_id_is_refused(backend: BackendChoice) {
@@ -37,7 +20,7 @@ fn stale_session_id_is_refused(backend: BackendChoice) {
     let mut config = config(backend);
     config.max_sessions = 1;
     config.workers = 1;
-    let server = start(config, Echo(log.clone()));
+    let server = start(config, RecordingEcho(log.clone()));
     let handle = server.handle();
 
     let mut first = connect(server.local_addr());
@@ -91,7 +74,7 @@ fn full_pool_refuses_cleanly(backend: BackendChoice) {
     let log = Arc::new(Log::default());
     let mut config = config(backend);
     config.max_sessions = N as u32;
-    let server = start(config, Echo(log.clone()));
+    let server = start(config, RecordingEcho(log.clone()));
     let addr = server.local_addr();
     let mut clients: Vec<_> = (0..N).map(|_| connect(addr)).collect();
     for (i, c) in clients.iter_mut().enumerate() {
@@ -127,7 +110,7 @@ fn slow_reader_is_disconnected(backend: BackendChoice) {
     let log = Arc::new(Log::default());
     let mut config = config(backend);
     config.send_queue_limit = 1024 * 1024;
-    let server = start(config, Echo(log.clone()));
+    let server = start(config, RecordingEcho(log.clone()));
     let addr = server.local_addr();
 
     let stop = Arc::new(AtomicBool::new(false));

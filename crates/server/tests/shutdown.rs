@@ -6,24 +6,8 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use iocp_server::{BackendChoice, CloseReason, Context, Handler, SessionId};
+use iocp_server::{BackendChoice, CloseReason};
 use support::*;
-
-struct Echo(Arc<Log>);
-
-impl Handler for Echo {
-    fn on_connect(&self, _: &mut Context<'_>, session: SessionId, _: std::net::SocketAddr) {
-        self.0.connected.lock().unwrap().push(session);
-    }
-
-    fn on_receive(&self, ctx: &mut Context<'_>, session: SessionId, data: &[u8]) {
-        let _ = ctx.send(session, data);
-    }
-
-    fn on_close(&self, _: &mut Context<'_>, session: SessionId, reason: CloseReason) {
-        self.0.closed.lock().unwrap().push((session, reason));
-    }
-}
 
 /// Names of this process's threads that belong to a server.
 fn worker_threads() -> usize {
@@ -41,7 +25,7 @@ fn worker_threads() -> usize {
 /// worker thread ended, and every client seeing the end of stream after its last echo.
 fn shutdown_closes_every_session(backend: BackendChoice) {
     let log = Arc::new(Log::default());
-    let server = start(config(backend), Echo(log.clone()));
+    let server = start(config(backend), RecordingEcho(log.clone()));
     let addr = server.local_addr();
     let mut clients: Vec<_> = (0..100).map(|_| connect(addr)).collect();
     for (i, c) in clients.iter_mut().enumerate() {
@@ -80,7 +64,7 @@ fn shutdown_closes_every_session(backend: BackendChoice) {
 /// whole before the end of stream.
 fn shutdown_flushes_queues(backend: BackendChoice) {
     let log = Arc::new(Log::default());
-    let server = start(config(backend), Echo(log.clone()));
+    let server = start(config(backend), RecordingEcho(log.clone()));
     let mut client = connect(server.local_addr());
     let data = Rng::new(3).bytes(2 * 1024 * 1024);
     client.write_all(&data[..1000]).unwrap();

@@ -5,11 +5,11 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::Mutex;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use iocp_server::{BackendChoice, CloseReason, Config, Handler, Server, SessionId};
+use iocp_server::{BackendChoice, CloseReason, Config, Context, Handler, Server, SessionId};
 
 /// No single socket operation of a test waits longer than this.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
@@ -212,6 +212,24 @@ impl Log {
 
     pub fn closed(&self) -> Vec<(SessionId, CloseReason)> {
         self.closed.lock().unwrap().clone()
+    }
+}
+
+/// The seed's echo, recording every connect and close in a [`Log`].
+pub struct RecordingEcho(pub Arc<Log>);
+
+impl Handler for RecordingEcho {
+    fn on_connect(&self, _: &mut Context<'_>, session: SessionId, _: SocketAddr) {
+        self.0.connected.lock().unwrap().push(session);
+    }
+
+    fn on_receive(&self, ctx: &mut Context<'_>, session: SessionId, data: &[u8]) {
+        // A failure closes the session; the test then sees the connection end early.
+        let _ = ctx.send(session, data);
+    }
+
+    fn on_close(&self, _: &mut Context<'_>, session: SessionId, reason: CloseReason) {
+        self.0.closed.lock().unwrap().push((session, reason));
     }
 }
 
