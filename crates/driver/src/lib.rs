@@ -30,11 +30,13 @@
 
 mod config;
 mod driver;
+mod limits;
 mod queue;
 mod sys;
 mod token;
 
 pub use config::{Backend, BackendChoice, Config, Features, UringOptions};
 pub use driver::{CloseMode, ConnError, Driver, Event, Io};
+pub use limits::raise_open_file_limit;
 pub use sys::Waker;
 pub use token::{ConnId, GENERATION_BITS};

@@ -252,6 +252,7 @@ impl Server {
             ));
         }
         let workers = config.workers.min(config.max_sessions as usize);
+        check_open_file_limit(config.max_sessions);
         let listener = bind(&config)?;
         let local_addr = listener
             .local_addr()
@@ -375,6 +376,23 @@ impl Server {
     pub fn shutdown(self) -> Result<()> {
         self.handle.shutdown();
         self.join()
+    }
+}
+
+/// Descriptors the server needs besides one per session: listener, rings, wake-ups, logs.
+const SPARE_DESCRIPTORS: u64 = 64;
+
+/// Raises the descriptor limit so that `max_sessions` connections fit, and warns when the hard
+/// limit does not allow it (connections past it are refused with `EMFILE`, accepting backs off).
+fn check_open_file_limit(max_sessions: u32) {
+    let wanted = u64::from(max_sessions) + SPARE_DESCRIPTORS;
+    match iocp_driver::raise_open_file_limit(wanted) {
+        Ok(limit) if limit < wanted => tracing::warn!(
+            "open file limit is {limit}, below the {max_sessions} sessions asked for: raise the \
+             hard limit (ulimit -Hn) to serve them all"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("reading the open file limit failed: {e}"),
     }
 }
 
