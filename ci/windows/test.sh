@@ -22,7 +22,8 @@ export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER=x86_64-w64-mingw32-gcc
 export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER="$PWD/$RUNNER"
 # A Wine prefix of this checkout (made once, ~10 s), so that other Wine users of the machine (a
 # `wineserver -k` on the shared default prefix) cannot stop these tests.
-export IOCP_WINEPREFIX="${IOCP_WINEPREFIX:-$PWD/target/wine-prefix}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+export IOCP_WINEPREFIX="${IOCP_WINEPREFIX:-$TARGET_DIR/wine-prefix}"
 PACKAGES=(-p iocp-driver -p iocp-server -p iocp-wire)
 
 step() { printf '\n=== windows: %s\n' "$*"; }
@@ -53,7 +54,7 @@ step "iocp-server.exe under Wine, driven by iocp-load on Linux"
 timeout 1800 cargo build --target "$TARGET" -p iocp-server-app --bin iocp-server
 timeout 1800 cargo build -p iocp-load
 LOG="$(mktemp)"
-IOCP_WINE_TIMEOUT=300 NO_COLOR=1 "$RUNNER" "target/$TARGET/debug/iocp-server.exe" \
+IOCP_WINE_TIMEOUT=300 NO_COLOR=1 "$RUNNER" "$TARGET_DIR/$TARGET/debug/iocp-server.exe" \
   echo --addr 127.0.0.1:0 --workers 2 --backend iocp >"$LOG" 2>&1 </dev/null &
 SERVER_PID=$!
 ADDR=""
@@ -71,9 +72,9 @@ fi
 grep -m1 'listening on' "$LOG"
 # Many small messages, then large ones (partial sends, several WSABUFs per send), every byte
 # checked by iocp-load; it exits 1 on a wrong, lost or reordered byte or a closed connection.
-timeout 120 target/debug/iocp-load echo --addr "$ADDR" --connections 200 --size 64 \
+timeout 120 "$TARGET_DIR/debug/iocp-load" echo --addr "$ADDR" --connections 200 --size 64 \
   --pipeline 8 --duration 2s
-timeout 120 target/debug/iocp-load echo --addr "$ADDR" --connections 20 --size 200000 \
+timeout 120 "$TARGET_DIR/debug/iocp-load" echo --addr "$ADDR" --connections 20 --size 200000 \
   --pipeline 2 --duration 2s
 kill "$SERVER_PID" 2>/dev/null || true
 wait "$SERVER_PID" 2>/dev/null || true
