@@ -575,7 +575,9 @@ def build_and_snapshot(skip_build: bool) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="1 repetition, 2 s measured after 0.5 s warm-up")
+    p.add_argument("--quick", action="store_true",
+                   help="1 repetition, 2 s measured after 0.5 s warm-up; writes target/bench/benchmarks-quick.md, "
+                        "not the report")
     p.add_argument("--big", action="store_true", help="only the 100,000-connection check")
     p.add_argument("--report", action="store_true", help="only rewrite the report from the saved results")
     p.add_argument("--no-build", action="store_true", help="use target/release as it is")
@@ -612,8 +614,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--doc", default=DOC, help="where to write the report (default docs/benchmarks.md)")
     p.add_argument("--no-doc", action="store_true", help="do not write the report")
     a = p.parse_args(argv)
+    a.latest = LATEST
     if a.quick:
         a.reps, a.duration, a.warmup, a.hold = 1, 2.0, 0.5, 1.0
+        # A smoke test does not replace the suite's results or its report.
+        a.latest = os.path.join(RESULTS_DIR, "quick-latest.json")
+        if a.doc == DOC:
+            a.doc = os.path.join(RESULTS_DIR, "benchmarks-quick.md")
     a.servers = [SERVER_BY_KEY[k] for k in a.servers.split(",")]
     a.loads = [LOAD_BY_KEY[k] for k in a.loads.split(",")]
     a.clients = a.clients.split(",")
@@ -654,7 +661,7 @@ def main(argv=None) -> int:
                         "settings": settings(a), "runs": bench.runs, "minutes": (time.monotonic() - t0) / 60}
                 path = os.path.join(RESULTS_DIR, f"results-{started:%Y%m%d-%H%M%S}.json")
                 save(path, data)
-                save(LATEST, data)
+                save(a.latest, data)
                 say(f"results saved to {os.path.relpath(path, ROOT)} ({data['minutes']:.1f} min)")
     except KeyboardInterrupt as e:
         say(f"interrupted ({e}); stopping the processes started")
@@ -662,7 +669,7 @@ def main(argv=None) -> int:
     finally:
         procs.cleanup_all()
     if not a.big:
-        print(report.console(load_json(LATEST), SERVERS, LOADS))
+        print(report.console(load_json(a.latest), SERVERS, LOADS))
     if not a.no_doc:
         write_doc(a)
     return 0
@@ -692,7 +699,7 @@ def load_json(path: str):
 
 
 def write_doc(a: argparse.Namespace) -> None:
-    data = load_json(LATEST)
+    data = load_json(a.latest)
     if data is None:
         say("no saved results: run the matrix first")
         return
