@@ -111,6 +111,9 @@ pub struct UringOptions {
     /// Receive with one-shot `recv` into a buffer from the driver's pool instead of multishot
     /// `recv` from the provided-buffer ring.
     pub no_multishot_recv: bool,
+    /// Use each socket through its plain descriptor instead of registering it in the ring's
+    /// file table.
+    pub no_registered_files: bool,
     /// Make ring creation fail as if io_uring were disabled (`EPERM`), to test the `auto`
     /// fall-back. The environment variable `IOCP_FORCE_URING_FAILURE=1` does the same.
     pub force_setup_failure: bool,
@@ -126,6 +129,9 @@ pub struct Features {
     pub multishot_recv: bool,
     /// `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN` (Linux 6.1).
     pub defer_taskrun: bool,
+    /// Sockets registered in the ring's file table (Linux 5.19 for a sparse table), so that an
+    /// operation does not look the descriptor up and take a reference to it each time.
+    pub registered_files: bool,
     /// What a backend other than io_uring uses, in words, shown instead of the io_uring
     /// features (IOCP: how many accepts are posted, how it receives).
     pub summary: Option<String>,
@@ -142,10 +148,12 @@ impl fmt::Display for Features {
             Some(summary) => f.write_str(summary)?,
             None => write!(
                 f,
-                "multishot accept: {}, multishot recv + buffer ring: {}, defer taskrun: {}",
+                "multishot accept: {}, multishot recv + buffer ring: {}, defer taskrun: {}, \
+                 registered files: {}",
                 yes(self.multishot_accept),
                 yes(self.multishot_recv),
-                yes(self.defer_taskrun)
+                yes(self.defer_taskrun),
+                yes(self.registered_files)
             )?,
         }
         for note in &self.notes {

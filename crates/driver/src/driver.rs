@@ -112,12 +112,17 @@ pub struct Io {
     conns: Box<[Conn]>,
     ops: Vec<Pending>,
     finished: VecDeque<(ConnId, Option<io::Error>)>,
+    /// Connections with nothing in flight any more, whose socket is closed once the backend has
+    /// let go of it ([`Port::release`]); then [`Event::Closed`] is reported.
+    released: Vec<(ConnId, Option<io::Error>, Option<Socket>)>,
     arena: BytesMut,
     accept: Accept,
 }
 
 #[derive(Clone, Copy)]
 enum Pending {
+    /// Hand a newly attached socket to the backend ([`Port::adopt`]).
+    Adopt(ConnId),
     Recv(ConnId),
     Send(ConnId),
     Cancel(ConnId, Op),
@@ -153,6 +158,8 @@ mod flag {
 
 #[derive(Default)]
 struct Conn {
+    /// The socket; `None` while the connection is open means the backend holds it without a
+    /// descriptor ([`Port::adopt`]).
     socket: Option<Socket>,
     generation: u32,
     flags: u8,
@@ -173,6 +180,7 @@ impl Driver {
                 conns,
                 ops: Vec::with_capacity(256),
                 finished: VecDeque::new(),
+                released: Vec::new(),
                 arena: BytesMut::new(),
                 accept: Accept {
                     backoff: ACCEPT_BACKOFF_MIN,
@@ -221,8 +229,8 @@ impl Driver {
             if let Some(event) = io.complete(completion) {
                 f(io, event);
             }
-            io.report_finished(&mut f);
         });
+        io.close_released(port);
         io.report_finished(&mut f);
         result
     }
@@ -300,11 +308,17 @@ impl Io {
             index,
             generation: conn.generation,
         };
+        self.ops.push(Pending::Adopt(id));
         self.ops.push(Pending::Recv(id));
         Ok(id)
     }
 
     /// The socket of an open connection (for options and addresses).
+    ///
+    /// `None` once the backend holds the socket without a descriptor: on io_uring the socket
+    /// goes into the ring's file table and its descriptor is closed when the connection's
+    /// first operation is submitted (so that the process's descriptor limit does not cap the
+    /// connections). Set options and read addresses before [`Io::attach`].
     pub fn socket(&self, conn: ConnId) -> Option<&Socket> {
         self.get(conn).and_then(|c| c.socket.as_ref())
     }
@@ -405,10 +419,17 @@ impl Io {
 
     /// Hands the operations asked for since the last turn to the backend.
     fn submit(&mut self, port: &mut AnyPort) {
+        self.close_released(port);
         self.submit_accept(port);
         let mut ops = std::mem::take(&mut self.ops);
         for op in ops.drain(..) {
             match op {
+                Pending::Adopt(id) => {
+                    let Some(c) = self.get_mut(id) else { continue };
+                    if let Some(socket) = c.socket.take() {
+                        c.socket = port.adopt(id.index, socket);
+                    }
+                }
                 Pending::Recv(id) => {
                     let Some(c) = self.get_mut(id) else { continue };
                     if c.flags & flag::CLOSING != 0 {
@@ -417,7 +438,7 @@ impl Io {
                         continue;
                     }
                     c.flags |= flag::RECV_SUBMITTED;
-                    port.recv(sys::raw(c.socket.as_ref().unwrap()), id.token(Op::Recv));
+                    port.recv(raw(c), id.token(Op::Recv));
                 }
                 Pending::Send(id) => {
                     let Some(c) = self.get_mut(id) else { continue };
@@ -429,7 +450,7 @@ impl Io {
                     c.flags |= flag::SEND_SUBMITTED;
                     let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
                     let n = c.queue.slices(&mut slices);
-                    let fd: Raw = sys::raw(c.socket.as_ref().unwrap());
+                    let fd: Raw = raw(c);
                     // SAFETY: the slices point into `Bytes` held by the connection's queue. They
                     // are dropped only by `SendQueue::advance` or `clear`, which run after this
                     // send's completion (`complete` with `Op::Send`), or never (the driver leaks
@@ -438,11 +459,20 @@ impl Io {
                 }
                 Pending::Cancel(id, op) => {
                     let Some(c) = self.get(id) else { continue };
-                    port.cancel(sys::raw(c.socket.as_ref().unwrap()), id.token(op));
+                    port.cancel(raw(c), id.token(op));
                 }
             }
         }
         self.ops = ops;
+    }
+
+    /// Closes the sockets of finished connections, each after the backend let go of it, and
+    /// queues their [`Event::Closed`].
+    fn close_released(&mut self, port: &mut AnyPort) {
+        for (id, error, socket) in self.released.drain(..) {
+            port.release(id.index, socket);
+            self.finished.push_back((id, error));
+        }
     }
 
     fn submit_accept(&mut self, port: &mut AnyPort) {
@@ -594,10 +624,10 @@ impl Io {
             generation: c.generation,
         };
         c.queue.clear();
-        c.socket = None;
+        let socket = c.socket.take();
         c.flags = 0;
         c.generation = next_generation(c.generation);
-        self.finished.push_back((id, c.error.take()));
+        self.released.push((id, c.error.take(), socket));
     }
 
     fn report_finished<F: FnMut(&mut Io, Event<'_>)>(&mut self, f: &mut F) {
@@ -605,4 +635,10 @@ impl Io {
             f(self, Event::Closed { conn, error });
         }
     }
+}
+
+/// How the backend names a connection's socket: its descriptor, or none when the backend holds
+/// the socket itself ([`Port::adopt`]; the backend then ignores the value).
+fn raw(c: &Conn) -> Raw {
+    c.socket.as_ref().map_or(sys::NO_RAW, sys::raw)
 }

@@ -252,7 +252,7 @@ impl Server {
             ));
         }
         let workers = config.workers.min(config.max_sessions as usize);
-        check_open_file_limit(config.max_sessions);
+        let descriptor_limit = raise_open_file_limit(config.max_sessions);
         let listener = bind(&config)?;
         let local_addr = listener
             .local_addr()
@@ -329,6 +329,14 @@ impl Server {
             "listening on {local_addr}: {workers} workers, {} sessions, backend {backend} ({features})",
             handle.shared.config.max_sessions
         );
+        if let Some(limit) = descriptor_limit {
+            warn_open_file_limit(
+                limit,
+                handle.shared.config.max_sessions,
+                handle.shared.slots.per_worker(),
+                &features,
+            );
+        }
         Ok(Server {
             handle,
             threads,
@@ -382,18 +390,42 @@ impl Server {
 /// Descriptors the server needs besides one per session: listener, rings, wake-ups, logs.
 const SPARE_DESCRIPTORS: u64 = 64;
 
-/// Raises the descriptor limit so that `max_sessions` connections fit, and warns when the hard
-/// limit does not allow it (connections past it are refused with `EMFILE`, accepting backs off).
-fn check_open_file_limit(max_sessions: u32) {
+/// Raises the descriptor limit so that `max_sessions` connections fit; returns the limit if the
+/// hard limit does not allow that.
+fn raise_open_file_limit(max_sessions: u32) -> Option<u64> {
     let wanted = u64::from(max_sessions) + SPARE_DESCRIPTORS;
     match iocp_driver::raise_open_file_limit(wanted) {
-        Ok(limit) if limit < wanted => tracing::warn!(
-            "open file limit is {limit}, below the {max_sessions} sessions asked for: raise the \
-             hard limit (ulimit -Hn) to serve them all"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!("reading the open file limit failed: {e}"),
+        Ok(limit) if limit < wanted => Some(limit),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!("reading the open file limit failed: {e}");
+            None
+        }
     }
+}
+
+/// Warns that the descriptor limit is below the sessions asked for, unless the connections do
+/// not need descriptors: on io_uring they live in the rings' file tables, each of which may hold
+/// up to the limit. Past it, connections are refused with `EMFILE` (accepting backs off).
+fn warn_open_file_limit(limit: u64, max_sessions: u32, per_worker: u32, features: &Features) {
+    if features.registered_files && u64::from(per_worker) + SPARE_DESCRIPTORS <= limit {
+        tracing::info!(
+            "open file limit is {limit}, below the {max_sessions} sessions, but each worker's \
+             io_uring file table holds its {per_worker} without descriptors"
+        );
+        return;
+    }
+    let mut advice = "raise the hard limit (ulimit -Hn) to serve them all".to_owned();
+    if features.registered_files {
+        let workers =
+            u64::from(max_sessions).div_ceil(limit.saturating_sub(SPARE_DESCRIPTORS).max(1));
+        advice.push_str(&format!(
+            ", or run at least {workers} workers so that each io_uring file table fits under it"
+        ));
+    }
+    tracing::warn!(
+        "open file limit is {limit}, below the {max_sessions} sessions asked for: {advice}"
+    );
 }
 
 fn bind(config: &Config) -> Result<Socket> {

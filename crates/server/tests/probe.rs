@@ -46,12 +46,16 @@ fn kernel_probe_reports_features() {
     println!("io_uring features in use: {features}");
     assert_eq!(server.backend(), Backend::Uring);
     assert!(features.fallback.is_none());
+    assert!(
+        features.registered_files || features.notes.iter().any(|n| n.contains("file table")),
+        "sockets are registered in the ring's file table, or a note says why not: {features}"
+    );
     echo_a_few(&server);
     stop_within(server, Duration::from_secs(10));
 }
 
-/// One-shot accept and one-shot receive into pooled buffers (what older kernels get) serve the
-/// same traffic.
+/// One-shot accept, one-shot receive into pooled buffers and plain descriptors (what older
+/// kernels get) serve the same traffic.
 #[test]
 fn uring_fallback_paths_echo() {
     if uring_unavailable().is_some() {
@@ -62,12 +66,13 @@ fn uring_fallback_paths_echo() {
     config.uring = UringOptions {
         no_multishot_accept: true,
         no_multishot_recv: true,
+        no_registered_files: true,
         ..UringOptions::default()
     };
     let server = start(config, Echo);
     let features = server.features().clone();
     println!("io_uring features in use: {features}");
-    assert!(!features.multishot_accept && !features.multishot_recv);
+    assert!(!features.multishot_accept && !features.multishot_recv && !features.registered_files);
     echo_a_few(&server);
     stop_within(server, Duration::from_secs(10));
 }

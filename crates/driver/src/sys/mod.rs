@@ -61,6 +61,10 @@ pub(crate) mod uring;
 #[cfg(unix)]
 pub(crate) type Raw = std::os::fd::RawFd;
 
+/// Stands for a socket the backend holds without a descriptor ([`Port::adopt`]).
+#[cfg(unix)]
+pub(crate) const NO_RAW: Raw = -1;
+
 /// The raw handle of a socket.
 #[cfg(unix)]
 pub(crate) fn raw(socket: &Socket) -> Raw {
@@ -92,6 +96,10 @@ pub(crate) fn is_resource_shortage(e: &io::Error) -> bool {
 /// The raw handle a backend operates on.
 #[cfg(windows)]
 pub(crate) type Raw = std::os::windows::io::RawSocket;
+
+/// Stands for a socket the backend holds without a handle (never, on Windows).
+#[cfg(windows)]
+pub(crate) const NO_RAW: Raw = !0;
 
 /// The raw handle of a socket.
 #[cfg(windows)]
@@ -174,6 +182,22 @@ pub(crate) trait Port {
 
     /// Asks the operation `token` on `fd` to finish early; its completion still arrives.
     fn cancel(&mut self, fd: Raw, token: Token);
+
+    /// Connection slot `index` starts using `socket`, before any operation on it. A backend that
+    /// can reach the socket without its descriptor keeps it and closes the descriptor, returning
+    /// `None` (io_uring: the socket goes into the ring's file table at `index`, and operations
+    /// then name it by that index; the descriptor's raw value is ignored). Otherwise it hands
+    /// the socket back, and operations name it by its descriptor.
+    fn adopt(&mut self, _index: u32, socket: Socket) -> Option<Socket> {
+        Some(socket)
+    }
+
+    /// Connection slot `index` is finished, none of its operations is outstanding: the backend
+    /// lets go of whatever it holds of the socket (io_uring: its entry in the file table), which
+    /// closes the connection, and `socket` (what [`Port::adopt`] handed back) is closed.
+    fn release(&mut self, _index: u32, socket: Option<Socket>) {
+        drop(socket);
+    }
 
     /// Keeps every buffer the kernel may still touch alive for ever: called when the port is
     /// dropped while operations may be outstanding (a thread unwinding).
@@ -311,6 +335,14 @@ impl Port for AnyPort {
 
     fn cancel(&mut self, fd: Raw, token: Token) {
         each!(self, p => p.cancel(fd, token))
+    }
+
+    fn adopt(&mut self, index: u32, socket: Socket) -> Option<Socket> {
+        each!(self, p => p.adopt(index, socket))
+    }
+
+    fn release(&mut self, index: u32, socket: Option<Socket>) {
+        each!(self, p => p.release(index, socket))
     }
 
     fn leak_buffers(&mut self) {

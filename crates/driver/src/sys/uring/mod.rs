@@ -6,7 +6,13 @@
 //!   connection holds no buffer (one-shot `recv` into a pooled buffer where that is missing);
 //! - send: `IORING_OP_SEND` for one queued message, `IORING_OP_SENDMSG` gathering up to 64,
 //!   `MSG_NOSIGNAL`;
-//! - wake-up: an `eventfd` watched by a multishot `IORING_OP_POLL_ADD`.
+//! - wake-up: an `eventfd` watched by a multishot `IORING_OP_POLL_ADD`;
+//! - descriptors: each connection's socket goes into the ring's file table at its slot's index
+//!   before its first operation, and its descriptor is closed; operations name it by that index,
+//!   so the kernel neither looks it up nor takes a reference to it per operation, and open
+//!   connections take no room in the process's descriptor table (`RLIMIT_NOFILE` bounds each
+//!   ring's file table instead, on its own). Removing it from the table closes the connection.
+//!   The listener and the wake-up `eventfd` stay plain descriptors.
 
 mod bufring;
 mod probe;
@@ -54,6 +60,32 @@ pub(crate) struct Port {
     wake: Arc<EventFd>,
     wake_armed: bool,
     leak: bool,
+    /// Whether each index of the ring's file table holds a connection's socket (empty: the
+    /// ring has no table).
+    files: Box<[bool]>,
+}
+
+/// How an entry names a connection's socket.
+#[derive(Clone, Copy)]
+enum Target {
+    Fd(RawFd),
+    Fixed(u32),
+}
+
+/// Builds an entry from an opcode constructor that takes either kind of descriptor.
+macro_rules! on_target {
+    ($target:expr, |$fd:ident| $build:expr) => {
+        match $target {
+            Target::Fd(raw) => {
+                let $fd = types::Fd(raw);
+                $build
+            }
+            Target::Fixed(index) => {
+                let $fd = types::Fixed(index);
+                $build
+            }
+        }
+    };
 }
 
 impl Port {
@@ -136,6 +168,35 @@ impl Port {
             });
         }
         features.multishot_recv = bufs.is_some();
+
+        let mut files: Box<[bool]> = Box::new([]);
+        if config.uring.no_registered_files {
+            features
+                .notes
+                .push("registered files turned off by configuration".to_owned());
+        } else if kernel < (5, 19) {
+            features.notes.push(format!(
+                "kernel {}.{} lacks sparse file tables (5.19)",
+                kernel.0, kernel.1
+            ));
+        } else {
+            // A table may not be larger than RLIMIT_NOFILE (each ring's on its own); slots past
+            // it keep their descriptors.
+            let capacity = config.capacity.max(1);
+            let slots = capacity.min(probe::open_file_limit());
+            if slots < capacity {
+                features.notes.push(format!(
+                    "the file table holds {slots} of {capacity} connections (RLIMIT_NOFILE)"
+                ));
+            }
+            match ring.submitter().register_files_sparse(slots) {
+                Ok(()) => files = vec![false; slots as usize].into_boxed_slice(),
+                Err(e) => features
+                    .notes
+                    .push(format!("file table of {slots} registration failed: {e}")),
+            }
+        }
+        features.registered_files = !files.is_empty();
         if bufs.is_none() {
             features
                 .notes
@@ -177,6 +238,7 @@ impl Port {
             wake,
             wake_armed: false,
             leak: false,
+            files,
         };
         port.arm_wake();
         Ok((port, features))
@@ -214,6 +276,16 @@ impl Port {
         }
         self.iovecs_used = 0;
         self.msgs_used = 0;
+    }
+
+    /// How entries name the socket of connection slot `index`: by its place in the file table,
+    /// or by its descriptor `fd`.
+    fn target(&self, fd: RawFd, index: u32) -> Target {
+        if self.files.get(index as usize) == Some(&true) {
+            Target::Fixed(index)
+        } else {
+            Target::Fd(fd)
+        }
     }
 
     fn arm_wake(&mut self) {
@@ -256,9 +328,32 @@ impl super::Port for Port {
         self.push(&entry);
     }
 
+    fn adopt(&mut self, index: u32, socket: Socket) -> Option<Socket> {
+        let Some(slot) = self.files.get_mut(index as usize) else {
+            return Some(socket);
+        };
+        debug_assert!(!*slot, "slot {index} was not released");
+        match self
+            .ring
+            .submitter()
+            .register_files_update(index, &[socket.as_raw_fd()])
+        {
+            Ok(_) => {
+                *slot = true;
+                // The table holds its own reference to the socket: closing the descriptor
+                // leaves the connection open.
+                drop(socket);
+                None
+            }
+            // Out of kernel memory: this connection keeps its descriptor.
+            Err(_) => Some(socket),
+        }
+    }
+
     fn recv(&mut self, fd: RawFd, token: Token) {
+        let target = self.target(fd, token.conn().index);
         let entry = if let Some(bufs) = &self.bufs {
-            opcode::RecvMulti::new(types::Fd(fd), bufs.group).build()
+            on_target!(target, |fd| opcode::RecvMulti::new(fd, bufs.group).build())
         } else {
             let index = token.conn().index as usize;
             let size = self.recv_size;
@@ -267,22 +362,28 @@ impl super::Port for Port {
                     .pop()
                     .unwrap_or_else(|| vec![0; size].into_boxed_slice())
             });
-            opcode::Recv::new(types::Fd(fd), buf.as_mut_ptr(), buf.len() as u32).build()
+            on_target!(target, |fd| opcode::Recv::new(
+                fd,
+                buf.as_mut_ptr(),
+                buf.len() as u32
+            )
+            .build())
         };
         self.recvs += 1;
         self.push(&entry.user_data(token.0));
     }
 
     unsafe fn send(&mut self, fd: RawFd, token: Token, bufs: &[IoSlice<'_>]) {
+        let target = self.target(fd, token.conn().index);
         if let [one] = bufs {
             // One buffer (the common case of a request and its reply): a plain send, without a
             // message header for the kernel to copy in.
             // (A send of more than 4 GiB takes what fits; the rest follows as for any partial send.)
             let len = one.len().min(u32::MAX as usize) as u32;
-            let entry = opcode::Send::new(types::Fd(fd), one.as_ptr(), len)
+            let entry = on_target!(target, |fd| opcode::Send::new(fd, one.as_ptr(), len)
                 .flags(libc::MSG_NOSIGNAL)
-                .build()
-                .user_data(token.0);
+                .build())
+            .user_data(token.0);
             self.push(&entry);
             return;
         }
@@ -302,10 +403,10 @@ impl super::Port for Port {
         let msg: *const libc::msghdr = msg;
         self.iovecs_used += bufs.len();
         self.msgs_used += 1;
-        let entry = opcode::SendMsg::new(types::Fd(fd), msg)
+        let entry = on_target!(target, |fd| opcode::SendMsg::new(fd, msg)
             .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(token.0);
+            .build())
+        .user_data(token.0);
         self.push(&entry);
     }
 
@@ -314,6 +415,23 @@ impl super::Port for Port {
             .build()
             .user_data(Token::bare(Op::Cancel).0);
         self.push(&entry);
+    }
+
+    fn release(&mut self, index: u32, socket: Option<Socket>) {
+        drop(socket);
+        let Some(slot) = self.files.get_mut(index as usize).filter(|held| **held) else {
+            return;
+        };
+        // Dropping the table's reference closes the connection.
+        if let Err(e) = self.ring.submitter().register_files_update(index, &[-1]) {
+            // Cannot fail for a valid index on a live ring; if it did, the connection would stay
+            // open until the ring is dropped, so say so.
+            tracing::error!(
+                index,
+                "removing a socket from the io_uring file table failed: {e}"
+            );
+        }
+        *slot = false;
     }
 
     fn leak_buffers(&mut self) {
