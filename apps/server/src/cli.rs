@@ -51,6 +51,9 @@ pub struct ServerArgs {
     /// Worker threads, each with its own completion port [default: number of cores].
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Pin worker n to the n-th CPU the process may use (for a server with its cores to itself).
+    #[arg(long)]
+    pub pin_workers: bool,
     /// Session slots allocated at start; connections beyond them are refused.
     #[arg(long, default_value_t = 10_000)]
     pub max_sessions: u32,
@@ -139,6 +142,7 @@ impl ServerArgs {
             send_queue_limit: self.send_queue_limit,
             backend: self.backend,
             linger: Duration::from_secs(self.linger),
+            pin_workers: self.pin_workers,
             ..Config::default()
         };
         if let Some(workers) = self.workers {

@@ -28,6 +28,7 @@
 //!
 //! The OS layer and its contract are in `src/sys/mod.rs`.
 
+mod affinity;
 mod config;
 mod driver;
 mod limits;
@@ -35,6 +36,7 @@ mod queue;
 mod sys;
 mod token;
 
+pub use affinity::pin_current_thread;
 pub use config::{Backend, BackendChoice, Config, Features, UringOptions};
 pub use driver::{CloseMode, ConnError, Driver, Event, Io};
 pub use limits::raise_open_file_limit;

@@ -13,6 +13,10 @@ pub struct Config {
     pub addr: SocketAddr,
     /// Worker threads, each with its own completion port (default: the number of cores).
     pub workers: usize,
+    /// Pin worker `n` to the `n`-th CPU the process may run on (Linux, Windows). Worth it when
+    /// the server has its cores to itself; beside another busy process, leave it off, or give
+    /// the server fewer workers than cores (see docs/architecture.md, "Workers and cores").
+    pub pin_workers: bool,
     /// Session slots allocated at start; a connection beyond them is refused.
     pub max_sessions: u32,
     /// Bytes a session may have queued for sending; past it the session is disconnected
@@ -46,6 +50,7 @@ impl Default for Config {
         Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 11021)),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin_workers: false,
             max_sessions: 10_000,
             send_queue_limit: 4 * 1024 * 1024,
             linger: Duration::from_secs(5),

@@ -361,6 +361,13 @@ pub(crate) fn run<H: Handler>(
 ) -> Result<()> {
     let shared = handle.shared.clone();
     let config = &shared.config;
+    if config.pin_workers {
+        // Before the ring exists, so that its memory is allocated on this CPU's node.
+        match iocp_driver::pin_current_thread(worker) {
+            Ok(cpu) => tracing::debug!(worker, cpu, "worker pinned"),
+            Err(e) => tracing::warn!(worker, "cannot pin the worker to a CPU: {e}"),
+        }
+    }
     let per_worker = shared.slots.per_worker();
     let base = worker as u32 * per_worker;
     let capacity = per_worker.min(shared.slots.len() - base);
