@@ -52,6 +52,9 @@ class Server:
 SERVERS = [
     Server("iocp-uring", "iocp-server io_uring", "iocp-server",
            ("echo", "--addr", "127.0.0.1:0", "--backend", "uring"), True, True),
+    # Unpinned only: one worker, beside the client on two cores (pinned, iocp-uring is this already).
+    Server("iocp-uring-1w", "iocp-server io_uring, 1 worker", "iocp-server",
+           ("echo", "--addr", "127.0.0.1:0", "--backend", "uring", "--workers", "1"), False, True),
     Server("iocp-poll", "iocp-server poll (epoll)", "iocp-server",
            ("echo", "--addr", "127.0.0.1:0", "--backend", "poll"), True, True),
     Server("tokio-mt", "tokio multi-thread", "echo-tokio", ("--runtime", "mt", "--addr", "127.0.0.1:0"), True),
@@ -180,6 +183,8 @@ class Bench:
                 clients = self.a.clients if load.kind == "echo" else [self.a.idle_client]
                 for client in clients:
                     for server in self.a.servers:
+                        if server.key == "iocp-uring-1w" and (mode == "pinned" or load.kind != "echo"):
+                            continue
                         out.append((server, mode, load, client))
         return out
 
@@ -298,21 +303,33 @@ class Bench:
             if why is None:
                 out.append(self.big_run(key, [n], self.a.big_nofile, None))
                 continue
+            per = hard - 1000
+            k = -(-n // per)
+            shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
+            if key == "iocp-uring":
+                # Its connections live in the rings' file tables, each bounded by RLIMIT_NOFILE on
+                # its own: one process with enough workers holds them all. The clients still need
+                # a descriptor per connection, so there are several of them.
+                workers = -(-n // (hard - 200))
+                out.append(self.big_run(key, shares, None, why, one_server_workers=workers))
+                continue
             # What one process can hold under the hard limit (minus descriptors it needs besides).
             one = hard - 200
             out.append(self.big_run(key, [one], None, why))
-            per = hard - 1000
-            k = -(-n // per)
-            out.append(self.big_run(key, [n // k + (1 if i < n % k else 0) for i in range(k)], None, why))
+            out.append(self.big_run(key, shares, None, why))
         return out
 
-    def big_run(self, key: str, shares: list[int], nofile: int | None, why: str | None) -> dict:
+    def big_run(self, key: str, shares: list[int], nofile: int | None, why: str | None,
+                one_server_workers: int | None = None) -> dict:
+        """One server process per share, each with its own client; or, with one_server_workers,
+        one server process with that many workers and one client per share."""
         server = SERVER_BY_KEY[key]
         total = sum(shares)
         split = len(shares) > 1
         connect = max(shares) / (self.a.big_connect_rate / len(shares))
         budget = connect + self.a.big_hold + 90
-        rec = {"kind": "big", "server": key, "processes": len(shares), "shares": shares, "conns": total,
+        rec = {"kind": "big", "server": key, "processes": 1 if one_server_workers else len(shares),
+               "workers": one_server_workers, "clients": len(shares), "shares": shares, "conns": total,
                "nofile": nofile or resource.getrlimit(resource.RLIMIT_NOFILE)[1], "nofile_denied": why,
                "time": dt.datetime.now().isoformat(timespec="seconds"),
                "sysctl": {k: sysctl(k) for k in ("net.ipv4.ip_local_port_range", "net.core.somaxconn",
@@ -321,15 +338,21 @@ class Bench:
                "mem_available_before": procs.mem_available()}
         servers, clients, results = [], [], []
         try:
-            for share in shares:
-                extra = ["--max-sessions", str(max(share, self.a.big_conns if not split else share))] \
-                    if server.iocp else []
-                scmd = self.server_cmd(server, "unpinned", extra)
-                servers.append(procs.start_server(scmd, budget + 30, None, nofile))
+            if one_server_workers:
+                extra = ["--max-sessions", str(total), "--workers", str(one_server_workers)]
+                srv = procs.start_server(self.server_cmd(server, "unpinned", extra), budget + 30, None, nofile)
+                servers = [srv] * len(shares)
+            else:
+                for share in shares:
+                    extra = ["--max-sessions", str(max(share, self.a.big_conns if not split else share))] \
+                        if server.iocp else []
+                    scmd = self.server_cmd(server, "unpinned", extra)
+                    servers.append(procs.start_server(scmd, budget + 30, None, nofile))
             rec["server_cmd"] = servers[0].popen.args[4:]
             time.sleep(0.3)
-            rec["rss_start"] = sum(procs.rss_bytes(s.pid) for s in servers)
-            sampler = Sampler([s.pid for s in servers])
+            distinct = list({s.pid: s for s in servers}.values())
+            rec["rss_start"] = sum(procs.rss_bytes(s.pid) for s in distinct)
+            sampler = Sampler([s.pid for s in distinct])
             sampler.start()
             for s, share in zip(servers, shares):
                 ccmd = [self.bin("iocp-load"), "idle", "--addr", s.addr, "-c", str(share),
@@ -338,7 +361,8 @@ class Bench:
                         "--backend", "uring", "--json", "-q"]
                 if split:
                     # Several clients share 127.0.0.1's 28,232 ports: spread each over 4 addresses.
-                    ccmd[-4:-4] = ["--source-addrs", "4"]
+                    # Clients of one server share its address too: spread over 8.
+                    ccmd[-4:-4] = ["--source-addrs", "8" if one_server_workers else "4"]
                 rec.setdefault("client_cmds", []).append(ccmd)
                 clients.append(procs.spawn_client(ccmd, budget, None, nofile))
             for c in clients:
@@ -346,7 +370,7 @@ class Bench:
             sampler.stop()
             rec.update(sampler.summary())
         finally:
-            for s in servers:
+            for s in {s.pid: s for s in servers}.values():
                 s.stop()
         rec["client_cmd"] = rec["client_cmds"][0]
         js = []
@@ -358,7 +382,7 @@ class Bench:
         rec["client_json"] = js
         rec["client_rc"] = [r.returncode for r in results]
         rec["client_stderr"] = "\n".join(r.stderr[-1500:] for r in results if r.returncode)
-        rec["server_log"] = "\n".join(s.log[-1500:] for s in servers)
+        rec["server_log"] = "\n".join(s.log[-1500:] for s in {s.pid: s for s in servers}.values())
         rec["ok"] = all(j and j.get("ok") for j in js) and all(r.returncode == 0 for r in results)
 
         def add(f):
@@ -372,9 +396,18 @@ class Bench:
                                     for j in js if j] or [0]),
                    rss_before=add(lambda j: (j.get("server_rss") or {}).get("before_bytes")),
                    rss_held=add(lambda j: (j.get("server_rss") or {}).get("after_bytes")))
+        if one_server_workers:
+            # Every client read the same server's RSS: before the first client connected, and
+            # once the last one held all its connections.
+            befores = [(j.get("server_rss") or {}).get("before_bytes") for j in js if j]
+            afters = [(j.get("server_rss") or {}).get("after_bytes") for j in js if j]
+            if befores and afters and None not in befores and None not in afters:
+                rec.update(rss_before=min(befores), rss_held=max(afters))
         if rec["rss_held"] is not None and rec["open_after_hold"]:
             rec["rss_per_conn"] = (rec["rss_held"] - rec["rss_before"]) / rec["open_after_hold"]
-        say(f"big {key} ({len(shares)} process{'es' if split else ''}, {total:,} connections): ok={rec['ok']} "
+        who = f"1 process, {one_server_workers} workers" if one_server_workers \
+            else f"{len(shares)} process{'es' if split else ''}"
+        say(f"big {key} ({who}, {total:,} connections): ok={rec['ok']} "
             f"connected={rec.get('connected')} held={rec.get('open_after_hold')} pinged={rec.get('pinged')} "
             f"rss {fmt_mib(rec.get('rss_before'))} -> {fmt_mib(rec.get('rss_held'))} "
             f"({rec.get('rss_per_conn') or 0:.0f} B/conn); MemAvailable fell by {fmt_mib(rec.get('mem_drop'))}, "
