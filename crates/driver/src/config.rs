@@ -129,8 +129,10 @@ pub struct Features {
     pub multishot_recv: bool,
     /// `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN` (Linux 6.1).
     pub defer_taskrun: bool,
-    /// Sockets registered in the ring's file table (Linux 5.19 for a sparse table), so that an
-    /// operation does not look the descriptor up and take a reference to it each time.
+    /// Sockets live in the ring's file table instead of the process's descriptor table (Linux
+    /// 6.13, where removing one from the table closes it even while other requests are in
+    /// flight), so that an operation does not look the descriptor up and take a reference to it
+    /// each time, and open connections are not capped by `RLIMIT_NOFILE`.
     pub registered_files: bool,
     /// What a backend other than io_uring uses, in words, shown instead of the io_uring
     /// features (IOCP: how many accepts are posted, how it receives).

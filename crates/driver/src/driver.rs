@@ -405,7 +405,10 @@ impl Io {
     }
 
     fn wait_timeout(&self, timeout: Option<Duration>) -> Option<Duration> {
-        if !self.finished.is_empty() || !self.ops.is_empty() {
+        // A connection may finish during submission (a receive or send it no longer needs):
+        // its socket is closed and its `Event::Closed` reported right after this wait, which
+        // must not block.
+        if !self.finished.is_empty() || !self.ops.is_empty() || !self.released.is_empty() {
             return Some(Duration::ZERO);
         }
         match (self.accept.paused_until, self.accept.wanted) {

@@ -359,7 +359,78 @@ fn sends_from_other_threads_arrive_in_order(backend: BackendChoice) {
     stop_within(server, Duration::from_secs(10));
 }
 
+/// Echoes; closes a session at once when its peer's first byte is `!`, and refuses (closes in
+/// `on_connect`) every second connection.
+struct Closer {
+    connects: std::sync::atomic::AtomicUsize,
+}
+
+impl Handler for Closer {
+    fn on_connect(&self, ctx: &mut Context<'_>, session: SessionId, _peer: std::net::SocketAddr) {
+        if self.connects.fetch_add(1, Ordering::SeqCst) % 2 == 1 {
+            ctx.close(session).unwrap();
+        }
+    }
+
+    fn on_receive(&self, ctx: &mut Context<'_>, session: SessionId, data: &[u8]) {
+        if data.first() == Some(&b'!') {
+            ctx.close(session).unwrap();
+        } else {
+            ctx.send(session, data).unwrap();
+        }
+    }
+}
+
+/// Reads until end of stream, which must come within 2 s, without half-closing first (a FIN from
+/// the client would wake the server and hide a close that waits for the next event; the
+/// server's own next timer is the 3 s linger of the test configuration).
+fn eof_within_2s(stream: &mut std::net::TcpStream, what: &str) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    match stream.read(&mut [0; 16]) {
+        Ok(0) => {}
+        Ok(n) => panic!("{what}: {n} unexpected bytes"),
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("{what}: no end of stream within 2 s: {e}"),
+    }
+}
+
+/// A close decided by the server — in `on_connect`, or on a message — reaches the peer at once,
+/// while every other connection sits idle (nothing else would wake the worker), and the idle ones
+/// are still served afterwards.
+fn server_side_close_reaches_the_peer_while_others_idle(backend: BackendChoice) {
+    let mut config = config(backend);
+    config.workers = 1;
+    let server = start(
+        config,
+        Closer {
+            connects: Default::default(),
+        },
+    );
+    let addr = server.local_addr();
+    // Connections 0, 2, 4, ... are kept (and idle); 1, 3, 5, ... are closed in on_connect.
+    let mut idle = Vec::new();
+    for i in 0..6 {
+        let mut stream = connect(addr);
+        if i % 2 == 0 {
+            assert_eq!(echo(&mut stream, b"hello"), b"hello");
+            idle.push(stream);
+        } else {
+            eof_within_2s(&mut stream, "closed in on_connect");
+        }
+    }
+    let mut kept = idle.pop().unwrap();
+    kept.write_all(b"!bye").unwrap();
+    eof_within_2s(&mut kept, "closed on a message");
+    for stream in &mut idle {
+        assert_eq!(echo(stream, b"still served"), b"still served");
+    }
+    stop_within(server, Duration::from_secs(10));
+}
+
 backend_tests!(
+    server_side_close_reaches_the_peer_while_others_idle,
     stale_session_id_is_refused,
     handler_panic_costs_one_session,
     full_pool_refuses_cleanly,
