@@ -74,7 +74,8 @@ pub struct Stats {
     /// Connections accepted and closed at once because the pool was full (or the server was
     /// shutting down).
     pub refused: u64,
-    /// Sessions closed, by [`CloseReason::kind_index`].
+    /// Sessions closed, by [`CloseReason::kind_index`]. A session is counted once its
+    /// [`crate::Handler::on_close`] has returned.
     pub closed: [u64; CloseReason::KINDS],
     /// Bytes received.
     pub bytes_in: u64,

@@ -281,12 +281,15 @@ impl Local {
                 let shared = self.shared.clone();
                 shared.slots.set_closed(session);
                 self.open -= 1;
-                self.stats().closed(&reason);
                 match &error {
                     Some(e) => tracing::debug!("session {session}: closed: {reason} ({e})"),
                     None => tracing::debug!("session {session}: closed: {reason}"),
                 }
+                let counted = reason.clone();
                 self.call(io, app, session, |h, ctx| h.on_close(ctx, session, reason));
+                // Counted after on_close: whoever sees the session gone from the statistics
+                // knows its on_close has run (and, say, queued its disconnect for a logic thread).
+                self.stats().closed(&counted);
                 shared.free_slot(self.worker, conn.index);
             }
             Event::Accepted(socket) => {
