@@ -10,14 +10,7 @@ use std::io;
 #[cfg(unix)]
 #[allow(clippy::unnecessary_cast)] // `rlim_t` is `u64` on Linux, not on every Unix.
 pub fn raise_open_file_limit(wanted: u64) -> io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid, writable `rlimit`.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let mut limit = open_file_limit()?;
     let current = limit.rlim_cur as u64;
     if current >= wanted {
         return Ok(current);
@@ -32,6 +25,20 @@ pub fn raise_open_file_limit(wanted: u64) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(raised as u64)
+}
+
+/// The soft and hard `RLIMIT_NOFILE`.
+#[cfg(unix)]
+pub(crate) fn open_file_limit() -> io::Result<libc::rlimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable `rlimit`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(limit)
 }
 
 /// Raises the soft limit on open file descriptors (no such limit on Windows sockets).

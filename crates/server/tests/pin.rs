@@ -22,6 +22,11 @@ impl Handler for Echo {
 #[test]
 fn pinned_workers_keep_one_cpu_each() {
     let allowed = cpus_allowed(&std::fs::read_to_string("/proc/self/status").unwrap());
+    if allowed.len() < 2 {
+        // With one CPU every thread already runs on it: pinning could not be told apart.
+        eprintln!("skipped: the process may use only CPU {allowed:?}");
+        return;
+    }
     let mut config = config(BackendChoice::Auto);
     config.pin_workers = true;
     config.workers = 3;

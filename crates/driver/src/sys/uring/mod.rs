@@ -187,7 +187,8 @@ impl Port {
             // A table may not be larger than RLIMIT_NOFILE (each ring's on its own); slots past
             // it keep their descriptors.
             let capacity = config.capacity.max(1);
-            let slots = capacity.min(probe::open_file_limit());
+            let soft = crate::limits::open_file_limit().map_or(0, |l| l.rlim_cur);
+            let slots = capacity.min(soft.min(u32::MAX.into()) as u32);
             if slots < capacity {
                 features.notes.push(format!(
                     "the file table holds {slots} of {capacity} connections (RLIMIT_NOFILE)"

@@ -19,19 +19,6 @@ pub(super) fn kernel_version() -> (u32, u32) {
     parse_release(&String::from_utf8_lossy(&release))
 }
 
-/// The soft `RLIMIT_NOFILE`, which also bounds the size of a ring's file table.
-pub(super) fn open_file_limit() -> u32 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid, writable `rlimit`.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return 0;
-    }
-    limit.rlim_cur.min(u32::MAX as libc::rlim_t) as u32
-}
-
 fn parse_release(release: &str) -> (u32, u32) {
     let mut parts = release
         .split(|c: char| !c.is_ascii_digit())
