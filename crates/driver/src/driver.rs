@@ -568,8 +568,11 @@ impl Io {
                 c.flags &= !(flag::SEND | flag::SEND_SUBMITTED);
                 match result {
                     Ok(n) => {
-                        c.queue.advance(n);
-                        if !c.queue.is_empty() && c.flags & flag::ABORT == 0 {
+                        if let Err(overrun) = c.queue.advance(n) {
+                            // Never expected; closing this connection is the safe way out.
+                            tracing::error!("connection {}: {overrun}: closing it", id.index);
+                            self.fail(id, io::Error::other(overrun.to_string()));
+                        } else if !c.queue.is_empty() && c.flags & flag::ABORT == 0 {
                             c.flags |= flag::SEND;
                             self.ops.push(Pending::Send(id));
                         }

@@ -8,6 +8,23 @@ use bytes::Bytes;
 /// At most this many queued messages are gathered into one send.
 pub(crate) const MAX_IOVECS: usize = 64;
 
+/// A send completion reported more bytes than the connection had queued.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Overrun {
+    pub(crate) sent: usize,
+    pub(crate) queued: usize,
+}
+
+impl std::fmt::Display for Overrun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a send completed {} bytes with {} queued",
+            self.sent, self.queued
+        )
+    }
+}
+
 /// A connection's outgoing messages.
 ///
 /// The front message may be partly sent (`head` bytes of it). While a send is in flight the
@@ -53,23 +70,35 @@ impl SendQueue {
     }
 
     /// Drops what the kernel has sent: `n` bytes from the front.
-    pub(crate) fn advance(&mut self, mut n: usize) {
-        debug_assert!(n <= self.queued);
+    ///
+    /// A count larger than what is queued cannot come from a send of this queue's slices: it
+    /// means a completion was matched to the wrong connection. That is checked in every build
+    /// and reported, with the queue left as it was, so that the caller can close the connection
+    /// rather than go on sending the wrong bytes.
+    pub(crate) fn advance(&mut self, mut n: usize) -> Result<(), Overrun> {
+        if n > self.queued {
+            return Err(Overrun {
+                sent: n,
+                queued: self.queued,
+            });
+        }
         self.queued -= n;
         while n > 0 {
-            let front = self
-                .chunks
-                .front()
-                .expect("advance past the end of the send queue");
+            // `queued` is the sum of the chunks past `head`, so a chunk is left while `n > 0`.
+            let Some(front) = self.chunks.front() else {
+                let queued = std::mem::take(&mut self.queued);
+                return Err(Overrun { sent: n, queued });
+            };
             let left = front.len() - self.head;
             if n < left {
                 self.head += n;
-                return;
+                return Ok(());
             }
             n -= left;
             self.head = 0;
             self.chunks.pop_front();
         }
+        Ok(())
     }
 
     /// Drops everything. Only when no send is in flight.
@@ -98,11 +127,11 @@ mod tests {
         q.push(Bytes::from_static(b"world"));
         assert_eq!(q.len(), 11);
         assert_eq!(gathered(&q), b"hello world");
-        q.advance(3);
+        q.advance(3).unwrap();
         assert_eq!(gathered(&q), b"lo world");
-        q.advance(3);
+        q.advance(3).unwrap();
         assert_eq!(gathered(&q), b"world");
-        q.advance(5);
+        q.advance(5).unwrap();
         assert!(q.is_empty());
         assert_eq!(gathered(&q), b"");
     }
@@ -115,8 +144,20 @@ mod tests {
         }
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
         assert_eq!(q.slices(&mut slices), MAX_IOVECS);
-        q.advance(2 * MAX_IOVECS + 1);
+        q.advance(2 * MAX_IOVECS + 1).unwrap();
         assert_eq!(q.len(), 19);
         assert_eq!(gathered(&q)[0], MAX_IOVECS as u8);
+    }
+
+    #[test]
+    fn advancing_past_the_end_is_refused_and_changes_nothing() {
+        let mut q = SendQueue::default();
+        q.push(Bytes::from_static(b"abc"));
+        q.advance(1).unwrap();
+        assert_eq!(q.advance(3), Err(Overrun { sent: 3, queued: 2 }));
+        assert_eq!(q.len(), 2);
+        assert_eq!(gathered(&q), b"bc");
+        q.advance(2).unwrap();
+        assert_eq!(q.advance(1), Err(Overrun { sent: 1, queued: 0 }));
     }
 }

@@ -35,8 +35,9 @@ pub(crate) use probe::explain_failure;
 /// Setting this variable makes ring creation fail with `EPERM`, as a seccomp filter would.
 pub(crate) const FORCE_FAILURE_ENV: &str = "IOCP_FORCE_URING_FAILURE";
 
-/// `sendmsg` headers and their iovecs live here from `send` until the next submission: the kernel
-/// copies them when it consumes the entry (`IORING_FEAT_SUBMIT_STABLE`).
+/// `sendmsg` headers and their iovecs live here from `send` until the submission queue has been
+/// emptied: the kernel copies them when it consumes the entry (`IORING_FEAT_SUBMIT_STABLE`). A
+/// slot is never given out twice before then (see `Port::push`).
 const IOVEC_ARENA: usize = 4096;
 const MSG_ARENA: usize = 256;
 const BUFFER_GROUP: u16 = 0;
@@ -253,17 +254,21 @@ impl Port {
         loop {
             // SAFETY: every entry built by this backend points only at memory that outlives the
             // operation: buffers owned by the caller until completion (`send`), this port's
-            // buffers (kept or leaked until no receive is outstanding), or header arenas that
-            // live until the entry has been submitted (`flush_submissions`).
+            // buffers (kept or leaked until no receive is outstanding), or header arenas whose
+            // slots are given out again only once every entry that used them has been submitted
+            // (`submit_queued` keeps them; `free_arenas` is called only with the queue empty).
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 return;
             }
-            self.flush_submissions();
+            // The entry being pushed may point into the arenas: submit what is queued before it,
+            // but keep the arenas' slots taken.
+            self.submit_queued();
         }
     }
 
-    /// Submits every queued entry; the `sendmsg` arenas are free again afterwards.
-    fn flush_submissions(&mut self) {
+    /// Submits every queued entry. The `sendmsg` arenas stay as they are: an entry about to be
+    /// pushed may point into them.
+    fn submit_queued(&mut self) {
         loop {
             match self.ring.submit() {
                 Ok(_) => {}
@@ -279,6 +284,13 @@ impl Port {
             // Only a full completion queue stops the kernel taking entries: wait for room.
             let _ = self.ring.submit_and_wait(1);
         }
+    }
+
+    /// Gives the `sendmsg` arenas' slots out again. Only when the submission queue is empty: the
+    /// kernel has copied every header and iovec array of the entries it took
+    /// (`IORING_FEAT_SUBMIT_STABLE`), and no entry not yet pushed points into them.
+    fn free_arenas(&mut self) {
+        debug_assert!(self.ring.submission().is_empty());
         self.iovecs_used = 0;
         self.msgs_used = 0;
     }
@@ -393,7 +405,9 @@ impl super::Port for Port {
             return;
         }
         if self.iovecs_used + bufs.len() > IOVEC_ARENA || self.msgs_used == MSG_ARENA {
-            self.flush_submissions();
+            // Nothing being built points into the arenas here: submit, then reuse them.
+            self.submit_queued();
+            self.free_arenas();
         }
         let iov = &mut self.iovecs[self.iovecs_used..self.iovecs_used + bufs.len()];
         for (dst, src) in iov.iter_mut().zip(bufs) {
@@ -472,8 +486,7 @@ impl super::Port for Port {
         // completion queue was full; then submit again after draining.
         let pending_submissions = !self.ring.submission().is_empty();
         if !pending_submissions {
-            self.iovecs_used = 0;
-            self.msgs_used = 0;
+            self.free_arenas();
         }
 
         let Port {
@@ -582,7 +595,8 @@ impl super::Port for Port {
             bufs.publish();
         }
         if pending_submissions {
-            self.flush_submissions();
+            self.submit_queued();
+            self.free_arenas();
         }
         Ok(())
     }
