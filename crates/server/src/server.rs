@@ -46,8 +46,15 @@ impl Inbox {
         }
     }
 
+    /// Sets the worker's wake-up, and wakes it once: a command pushed before the waker existed
+    /// woke nobody, and the worker must not wait for it.
     pub(crate) fn set_waker(&self, waker: Waker) {
         let _ = self.waker.set(waker);
+        if let Some(waker) = self.waker.get() {
+            if let Err(e) = waker.wake() {
+                tracing::error!("waking a worker failed: {e}");
+            }
+        }
     }
 
     pub(crate) fn push(&self, command: Command) {
@@ -85,6 +92,8 @@ pub(crate) struct Shared {
     pub(crate) stats: Vec<WorkerStats>,
     shutdown: AtomicBool,
     stopped: (Mutex<bool>, Condvar),
+    /// Whether the workers may start (every one of them is ready), once decided.
+    go: (Mutex<Option<bool>>, Condvar),
     next_worker: AtomicUsize,
 }
 
@@ -112,6 +121,23 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(index);
+    }
+
+    /// Waits until every worker is ready (or one failed): no worker accepts a connection before
+    /// every worker can take one. Returns whether to run.
+    pub(crate) fn wait_for_go(&self) -> bool {
+        let (lock, cvar) = &self.go;
+        let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = cvar
+            .wait_while(guard, |go| go.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        guard.unwrap_or(false)
+    }
+
+    fn set_go(&self, go: bool) {
+        let (lock, cvar) = &self.go;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = Some(go);
+        cvar.notify_all();
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {
@@ -276,6 +302,7 @@ impl Server {
             stats: (0..workers).map(|_| WorkerStats::default()).collect(),
             shutdown: AtomicBool::new(false),
             stopped: (Mutex::new(false), Condvar::new()),
+            go: (Mutex::new(None), Condvar::new()),
             next_worker: AtomicUsize::new(0),
             config,
         });
@@ -314,6 +341,7 @@ impl Server {
                 }
             }
         }
+        handle.shared.set_go(failure.is_none());
         if let Some(error) = failure {
             handle.shutdown();
             for t in threads {

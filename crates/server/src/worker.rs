@@ -400,6 +400,10 @@ pub(crate) fn run<H: Handler>(
     shared.inboxes[worker].set_waker(driver.waker());
     let _ = ready.send(Ok((driver.backend(), driver.features().clone())));
     drop(ready);
+    // Accepting starts on the first turn: only once every worker can take connections.
+    if !shared.wait_for_go() {
+        return Ok(());
+    }
 
     let mut local = Local {
         worker,
