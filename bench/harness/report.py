@@ -6,6 +6,7 @@ import shlex
 import statistics
 
 BEGIN, END = "<!-- analysis:begin -->", "<!-- analysis:end -->"
+SOAK_BEGIN, SOAK_END = "<!-- soak:begin -->", "<!-- soak:end -->"
 ANALYSIS_PLACEHOLDER = "(No analysis written yet.)"
 MODE_TITLE = {
     "pinned": "Pinned: server on CPU 0 (one worker), client on CPU 1 (one thread)",
@@ -517,6 +518,10 @@ def markdown(data: dict, big: dict | None, servers, loads, old_doc: str) -> str:
     w(BEGIN)
     w(analysis(old_doc))
     w(END)
+    # bench/soak.py's section is its own: kept as it is.
+    if SOAK_BEGIN in old_doc and SOAK_END in old_doc:
+        w("")
+        w(SOAK_BEGIN + old_doc.split(SOAK_BEGIN, 1)[1].split(SOAK_END, 1)[0] + SOAK_END)
     return "\n".join(out) + "\n"
 
 

@@ -85,6 +85,11 @@ pub struct EchoArgs {
     /// send time); smaller ones are checked by their position in the stream.
     #[arg(long, short = 's', default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=(64 << 20)))]
     pub size: u32,
+    /// Mixed sizes: each message has from `--size` to this many bytes (spread evenly, chosen per
+    /// connection and sequence number, so that the checker knows each size). Needs `--size` of
+    /// 20 or more.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(20..=(64 << 20)))]
+    pub size_max: Option<u32>,
     /// Messages in flight per connection (with `--rate`: at most this many).
     #[arg(long, short = 'p', default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub pipeline: u32,

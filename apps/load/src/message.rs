@@ -87,11 +87,34 @@ impl Pattern {
 /// The shape of the messages of a run.
 #[derive(Clone, Copy, Debug)]
 pub struct Spec {
-    /// Bytes per message.
+    /// Bytes per message (the smallest, with `size_max`).
     pub size: usize,
+    /// With framed messages: sizes are spread from `size` to this, each message's size a
+    /// function of (connection, sequence) that both ends compute. Not above `size`: every
+    /// message has `size` bytes.
+    pub size_max: usize,
 }
 
 impl Spec {
+    /// Messages of `size` bytes each.
+    pub fn fixed(size: usize) -> Spec {
+        Spec {
+            size,
+            size_max: size,
+        }
+    }
+
+    /// The size of message `seq` of connection `conn`.
+    #[inline]
+    pub fn len(self, conn: u32, seq: u64) -> usize {
+        if self.size_max <= self.size || !self.framed() {
+            return self.size;
+        }
+        let mut state = u64::from(conn) << 40 ^ seq ^ 0x5eed;
+        let spread = (self.size_max - self.size + 1) as u64;
+        self.size + (splitmix64(&mut state) % spread) as usize
+    }
+
     /// Whether messages carry a header ([`HEADER_LEN`] bytes or more) or are checked by stream
     /// position.
     pub fn framed(self) -> bool {
@@ -126,14 +149,15 @@ impl Spec {
         seq: u64,
         time_ns: u64,
     ) -> Bytes {
-        if arena.capacity() - arena.len() < self.size {
-            arena.reserve(self.size.max(ARENA_BLOCK));
+        let len = self.len(conn, seq);
+        if arena.capacity() - arena.len() < len {
+            arena.reserve(len.max(ARENA_BLOCK));
         }
         let header = self.header_len();
         if header > 0 {
             arena.put_slice(&header_bytes(conn, seq, time_ns));
         }
-        pattern.put(arena, self.pattern_start(conn, seq, 0), self.size - header);
+        pattern.put(arena, self.pattern_start(conn, seq, 0), len - header);
         arena.split().freeze()
     }
 }
@@ -224,6 +248,8 @@ impl InFlight {
 pub struct Receiver {
     /// Messages received completely (the sequence number of the one being received).
     seq: u64,
+    /// Bytes of the stream before the current message.
+    before: u64,
     /// Bytes of the current message received so far.
     pos: usize,
     /// The header bytes of the current message received so far (for diagnosing a mismatch).
@@ -243,8 +269,8 @@ impl Receiver {
     }
 
     /// Bytes received and verified.
-    pub fn stream_offset(&self, spec: Spec) -> u64 {
-        self.seq * spec.size as u64 + self.pos as u64
+    pub fn stream_offset(&self) -> u64 {
+        self.before + self.pos as u64
     }
 
     /// Checks `data`, the next bytes of the echo stream of connection `conn`. For every message
@@ -267,7 +293,7 @@ impl Receiver {
                     conn,
                     seq: self.seq,
                     offset: self.pos,
-                    stream_offset: self.stream_offset(spec),
+                    stream_offset: self.stream_offset(),
                     kind: Kind::Unexpected { len: data.len() },
                 });
             };
@@ -285,10 +311,11 @@ impl Receiver {
                     if self.pos < ID_END {
                         continue;
                     }
-                    return Err(self.pending(spec, conn, in_flight).expect("a wrong byte"));
+                    return Err(self.pending(conn, in_flight).expect("a wrong byte"));
                 }
             }
-            let n = (spec.size - self.pos).min(data.len());
+            let len = spec.len(conn, self.seq);
+            let n = (len - self.pos).min(data.len());
             if n > 0 {
                 let start = spec.pattern_start(conn, self.seq, self.pos - header);
                 if let Some(i) = pattern.first_difference(start, &data[..n]) {
@@ -297,7 +324,7 @@ impl Receiver {
                         conn,
                         seq: self.seq,
                         offset,
-                        stream_offset: self.seq * spec.size as u64 + offset as u64,
+                        stream_offset: self.before + offset as u64,
                         kind: Kind::Byte {
                             field: Field::Payload,
                             expected: pattern.byte((start + i) % PERIOD),
@@ -308,10 +335,11 @@ impl Receiver {
                 self.pos += n;
                 data = &data[n..];
             }
-            if self.pos == spec.size {
+            if self.pos == len {
                 in_flight.pop();
                 done(self.seq, time);
                 self.seq += 1;
+                self.before += len as u64;
                 self.pos = 0;
             }
         }
@@ -321,7 +349,7 @@ impl Receiver {
     /// The wrong header byte found in a header that has not arrived whole yet, if any (for a
     /// stream that stops there). The connection id and sequence number received are decoded as
     /// far as they have arrived.
-    pub fn pending(&self, spec: Spec, conn: u32, in_flight: &InFlight) -> Option<Mismatch> {
+    pub fn pending(&self, conn: u32, in_flight: &InFlight) -> Option<Mismatch> {
         let offset = self.bad?;
         let time = in_flight.front()?;
         let expected = header_bytes(conn, self.seq, time);
@@ -333,7 +361,7 @@ impl Receiver {
             conn,
             seq: self.seq,
             offset,
-            stream_offset: self.seq * spec.size as u64 + offset as u64,
+            stream_offset: self.before + offset as u64,
             kind: Kind::Byte {
                 field: match offset {
                     0..4 => Field::Conn { got: got_conn },
@@ -503,7 +531,7 @@ mod tests {
     fn verifies_split_anywhere() {
         let pattern = Pattern::new();
         for size in [1, 3, 19, 20, 21, 64, 8191, 8192, 20_000] {
-            let spec = Spec { size };
+            let spec = Spec::fixed(size);
             let (bytes, times) = stream(spec, &pattern, 7, 5);
             assert_eq!(bytes.len(), 5 * size);
             for step in [1, 2, 7, 19, 20, 64, 4096, 100_000] {
@@ -519,9 +547,33 @@ mod tests {
     }
 
     #[test]
+    fn mixed_sizes_verify_split_anywhere_and_catch_a_wrong_byte() {
+        let pattern = Pattern::new();
+        let spec = Spec {
+            size: 20,
+            size_max: 5000,
+        };
+        let sizes: Vec<usize> = (0..40).map(|seq| spec.len(7, seq)).collect();
+        assert!(sizes.iter().all(|&n| (20..=5000).contains(&n)));
+        assert!(sizes.iter().any(|&n| n != sizes[0]), "sizes are mixed");
+        let (bytes, times) = stream(spec, &pattern, 7, 40);
+        assert_eq!(bytes.len(), sizes.iter().sum::<usize>());
+        for step in [1, 19, 64, 4096, 1 << 20] {
+            let done = feed(spec, &pattern, 7, &bytes, &times, step).unwrap();
+            assert_eq!(done.len(), 40, "step {step}");
+        }
+        let mut bad = bytes.clone();
+        let at = sizes[..10].iter().sum::<usize>() + 25;
+        bad[at] ^= 1;
+        let err = feed(spec, &pattern, 7, &bad, &times, 100).unwrap_err();
+        assert_eq!((err.seq, err.offset), (10, 25), "{err}");
+        assert_eq!(err.stream_offset, at as u64);
+    }
+
+    #[test]
     fn messages_differ_between_connections_and_sequences() {
         let pattern = Pattern::new();
-        let spec = Spec { size: 64 };
+        let spec = Spec::fixed(64);
         let mut arena = BytesMut::new();
         let a = spec.encode(&pattern, &mut arena, 1, 0, 0);
         let b = spec.encode(&pattern, &mut arena, 1, 1, 0);
@@ -534,7 +586,7 @@ mod tests {
     fn catches_a_corrupted_byte() {
         let pattern = Pattern::new();
         for size in [3, 64, 10_000] {
-            let spec = Spec { size };
+            let spec = Spec::fixed(size);
             let (mut bytes, times) = stream(spec, &pattern, 3, 4);
             let at = 2 * size + size - 1;
             bytes[at] ^= 0x40;
@@ -553,7 +605,7 @@ mod tests {
     #[test]
     fn catches_loss_and_reordering() {
         let pattern = Pattern::new();
-        let spec = Spec { size: 64 };
+        let spec = Spec::fixed(64);
         let (bytes, times) = stream(spec, &pattern, 9, 4);
         // Message 1 lost.
         let lost: Vec<u8> = [&bytes[..64], &bytes[128..]].concat();
@@ -582,7 +634,7 @@ mod tests {
             }
         ));
         // Small messages: a lost byte shifts the stream.
-        let spec = Spec { size: 3 };
+        let spec = Spec::fixed(3);
         let (bytes, times) = stream(spec, &pattern, 9, 50);
         let shifted: Vec<u8> = [&bytes[..10], &bytes[11..]].concat();
         let err = feed(spec, &pattern, 9, &shifted, &times, 4).unwrap_err();
@@ -592,7 +644,7 @@ mod tests {
     #[test]
     fn reports_a_wrong_header_that_stops_half_way() {
         let pattern = Pattern::new();
-        let spec = Spec { size: 64 };
+        let spec = Spec::fixed(64);
         let (bytes, times) = stream(spec, &pattern, 9, 3);
         let lost: Vec<u8> = [&bytes[..64], &bytes[128..]].concat();
         let mut rx = Receiver::default();
@@ -606,7 +658,7 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(rx.messages(), 1);
-        let err = rx.pending(spec, 9, &in_flight).unwrap();
+        let err = rx.pending(9, &in_flight).unwrap();
         assert_eq!((err.seq, err.offset), (1, 4));
         assert!(matches!(
             err.kind,
@@ -620,7 +672,7 @@ mod tests {
     #[test]
     fn catches_extra_bytes() {
         let pattern = Pattern::new();
-        let spec = Spec { size: 32 };
+        let spec = Spec::fixed(32);
         let (mut bytes, times) = stream(spec, &pattern, 1, 2);
         bytes.push(0);
         let err = feed(spec, &pattern, 1, &bytes, &times, 7).unwrap_err();

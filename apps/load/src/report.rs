@@ -28,8 +28,10 @@ pub struct Run {
 
 /// Measurements of an `echo` run.
 pub struct Echo {
-    /// Bytes per message.
+    /// Bytes per message (the smallest, with mixed sizes).
     pub size: u32,
+    /// The largest message (`size` unless sizes are mixed).
+    pub size_max: u32,
     /// Messages in flight per connection.
     pub pipeline: u32,
     /// Offered load, open loop.
@@ -111,7 +113,15 @@ pub fn echo_text(run: &Run, echo: &Echo, report: &Report) -> String {
         run.threads,
         if run.threads == 1 { "" } else { "s" },
         group(u64::from(run.connections)),
-        group(u64::from(echo.size)),
+        if echo.size_max > echo.size {
+            format!(
+                "{}–{}",
+                group(u64::from(echo.size)),
+                group(u64::from(echo.size_max))
+            )
+        } else {
+            group(u64::from(echo.size))
+        },
         echo.pipeline,
     );
     let _ = writeln!(
@@ -189,6 +199,7 @@ pub fn echo_json(run: &Run, echo: &Echo, report: &Report, failures: &[String]) -
         "connect_errors": report.connect_errors,
         "closed_by_server": report.closed_by_server,
         "size": echo.size,
+        "size_max": echo.size_max,
         "pipeline": echo.pipeline,
         "rate": echo.rate,
         "warmup_s": echo.warmup.as_secs_f64(),

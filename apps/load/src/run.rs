@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::cli::{Common, EchoArgs, IdleArgs};
 use crate::connect::Target;
-use crate::message::{Pattern, Spec};
+use crate::message::{HEADER_LEN, Pattern, Spec};
 use crate::os::{self, CpuTime};
 use crate::progress::Progress;
 use crate::report::{self, group};
@@ -39,8 +39,18 @@ pub fn echo(args: &EchoArgs) -> ExitCode {
         Some(_) => Duration::ZERO,
         None => Duration::from_secs(1),
     });
+    let size_max = args.size_max.unwrap_or(args.size);
+    if size_max < args.size {
+        return usage("--size-max must not be below --size");
+    }
+    if size_max > args.size && (args.size as usize) < HEADER_LEN {
+        return usage(&format!(
+            "mixed sizes (--size-max) need --size of at least {HEADER_LEN} (each message carries its header)"
+        ));
+    }
     let spec = Spec {
         size: args.size as usize,
+        size_max: size_max as usize,
     };
     let load = Load::Echo {
         rate: args.rate,
@@ -140,6 +150,7 @@ pub fn echo(args: &EchoArgs) -> ExitCode {
     let run = prepared.run("echo");
     let echo = report::Echo {
         size: args.size,
+        size_max,
         pipeline: args.pipeline,
         rate: args.rate,
         warmup,
@@ -157,9 +168,7 @@ pub fn echo(args: &EchoArgs) -> ExitCode {
 /// `iocp-load idle`.
 pub fn idle(args: &IdleArgs) -> ExitCode {
     let common = &args.common;
-    let spec = Spec {
-        size: args.ping.max(1) as usize,
-    };
+    let spec = Spec::fixed(args.ping.max(1) as usize);
     let load = Load::Idle {
         hold: args.hold,
         ping: args.ping > 0,

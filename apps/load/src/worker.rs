@@ -769,10 +769,12 @@ impl<'a> Worker<'a> {
         let before = c.rx.messages();
         let report = &mut self.report;
         let mut measured = 0;
+        let mut measured_bytes = 0;
+        let number = c.number;
         let result = c.rx.feed(
             spec,
             self.pattern,
-            c.number,
+            number,
             data,
             &mut c.in_flight,
             |seq, sent| {
@@ -780,6 +782,7 @@ impl<'a> Worker<'a> {
                     let latency = now.saturating_sub(sent).clamp(1, MAX_LATENCY_NS);
                     report.latency.saturating_record(latency);
                     measured += 1;
+                    measured_bytes += spec.len(number, seq) as u64;
                 }
             },
         );
@@ -791,7 +794,7 @@ impl<'a> Worker<'a> {
         }
         if measured > 0 {
             self.report.messages += measured;
-            self.report.bytes += measured * spec.size as u64;
+            self.report.bytes += measured_bytes;
             self.report.last_measured_ns = now;
             self.unpublished += measured;
             if self.remaining > 0 {
@@ -826,7 +829,7 @@ impl<'a> Worker<'a> {
         if c.broken {
             return;
         }
-        if let Some(mismatch) = c.rx.pending(self.settings.spec, c.number, &c.in_flight) {
+        if let Some(mismatch) = c.rx.pending(c.number, &c.in_flight) {
             c.broken = true;
             self.verify_error(&mismatch);
         }
@@ -861,7 +864,6 @@ impl<'a> Worker<'a> {
 
     /// Counts the messages still in flight on healthy connections as lost.
     fn report_lost(&mut self) {
-        let spec = self.settings.spec;
         for j in 0..self.conns.len() {
             self.check_partial_header(j);
         }
@@ -877,7 +879,7 @@ impl<'a> Worker<'a> {
                 c.number,
                 c.rx.messages(),
                 c.sent,
-                c.rx.stream_offset(spec)
+                c.rx.stream_offset()
             );
             self.report.error(line);
         }

@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""The soak: many connections, open loop, mixed message sizes, every byte verified, for minutes.
+
+    python3 bench/soak.py                    # 10 minutes for each of the 4 combinations, writes docs/benchmarks.md
+    python3 bench/soak.py --minutes 1        # shorter
+    python3 bench/soak.py --combos uring/poll # server io_uring, client poll only
+    python3 bench/soak.py --report           # rewrite the soak section from the last saved results
+
+For each combination of server backend and client backend (io_uring, poll), one `iocp-server echo`
+and one `iocp-load echo` run side by side for the whole time: 10,000 connections, an offered load
+of 20,000 messages/s, up to 4 in flight per connection, each message 20 to 4,096 bytes (its size a
+function of its connection and sequence number, so the client checks every byte of every echo).
+The server's resident memory is sampled every 10 s. A combination passes when the client exits 0
+(no wrong, lost or reordered byte, no connection closed by the server, no failed connect) and the
+server's memory after the first minute grows by less than 10 %.
+
+Python 3.11 standard library only. Processes are started under `timeout` and stopped by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import procs  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "target", "bench", "soak-latest.json")
+DOC = os.path.join(ROOT, "docs", "benchmarks.md")
+BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
+COMBOS = ["uring/uring", "uring/poll", "poll/uring", "poll/poll"]
+SAMPLE_S = 10.0
+RSS_GROWTH_LIMIT = 0.10
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=10.0, help="length of each combination's run")
+    p.add_argument("--combos", default=",".join(COMBOS), help="server/client backends, comma-separated")
+    p.add_argument("--connections", type=int, default=10_000)
+    p.add_argument("--rate", type=float, default=20_000.0, help="offered messages/s, all connections")
+    p.add_argument("--pipeline", type=int, default=4)
+    p.add_argument("--size", type=int, default=20)
+    p.add_argument("--size-max", type=int, default=4096)
+    p.add_argument("--connect-rate", type=float, default=5_000.0)
+    p.add_argument("--no-build", action="store_true", help="use the release binaries as they are")
+    p.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
+    p.add_argument("--report", action="store_true", help="only rewrite the doc from the saved results")
+    a = p.parse_args()
+
+    if a.report:
+        with open(RESULTS) as f:
+            write_doc(json.load(f))
+        return 0
+    combos = [c.strip() for c in a.combos.split(",") if c.strip()]
+    for c in combos:
+        if c not in COMBOS:
+            p.error(f"unknown combination {c!r} (one of {', '.join(COMBOS)})")
+    if not a.no_build:
+        subprocess.run(["cargo", "build", "--release", "-p", "iocp-server-app", "-p", "iocp-load"],
+                       cwd=ROOT, check=True)
+    # Copies, so that a build during the soak does not change the binaries between combinations.
+    bindir = tempfile.mkdtemp(prefix="iocp-soak-bin-")
+    for name in ("iocp-server", "iocp-load"):
+        shutil.copy2(os.path.join(ROOT, "target", "release", name), bindir)
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    results = {"started": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+               "settings": {k: getattr(a, k) for k in ("minutes", "connections", "rate", "pipeline", "size",
+                                                       "size_max", "connect_rate")},
+               "commit": git_commit(), "runs": []}
+    try:
+        for combo in combos:
+            r = run_combo(a, bindir, combo)
+            results["runs"].append(r)
+            print(summary_line(r), flush=True)
+    finally:
+        procs.cleanup_all()
+        shutil.rmtree(bindir, ignore_errors=True)
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    with open(RESULTS, "w") as f:
+        json.dump(results, f, indent=1)
+    if not a.no_doc:
+        write_doc(results)
+    return 0 if all(r["ok"] for r in results["runs"]) else 1
+
+
+def run_combo(a, bindir: str, combo: str) -> dict:
+    server_backend, client_backend = combo.split("/")
+    seconds = a.minutes * 60
+    scmd = [os.path.join(bindir, "iocp-server"), "echo", "--addr", "127.0.0.1:0", "--backend", server_backend,
+            "--max-sessions", str(a.connections + 2000)]
+    connect_s = a.connections / a.connect_rate
+    budget = seconds + connect_s + 60
+    srv = procs.start_server(scmd, budget + 30, None, None)
+    rec = {"combo": combo, "server_cmd": scmd, "time": dt.datetime.now().isoformat(timespec="seconds")}
+    samples: list[tuple[float, int]] = []
+    try:
+        ccmd = [os.path.join(bindir, "iocp-load"), "echo", "--addr", srv.addr, "-c", str(a.connections),
+                "--rate", str(a.rate), "--pipeline", str(a.pipeline), "--size", str(a.size),
+                "--size-max", str(a.size_max), "--duration", f"{seconds:.0f}s", "--warmup", "5s",
+                "--connect-rate", str(a.connect_rate), "--backend", client_backend, "--json", "-q"]
+        rec["client_cmd"] = ccmd
+        t0 = time.monotonic()
+        client = procs.spawn_client(ccmd, budget, None, None)
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                try:
+                    samples.append((time.monotonic() - t0, procs.rss_bytes(srv.pid)))
+                except OSError:
+                    return
+                stop.wait(SAMPLE_S)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        res = procs.wait_client(client)
+        stop.set()
+        sampler.join()
+        rec["server_cpu_s"] = procs.stat_cpu_ns(srv.pid) / 1e9
+    finally:
+        srv.stop()
+    rec["client_rc"] = res.returncode
+    rec["wall_s"] = res.wall_s
+    try:
+        j = json.loads(res.stdout.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError):
+        j = None
+    rec["client"] = j
+    rec["rss"] = samples
+    # Flat memory: from the first sample after a minute of load (connections open, buffers and
+    # queues at their working size) to the last one.
+    settle = connect_s + min(60, seconds / 3)
+    after = [rss for t, rss in samples if t >= settle] or [rss for _, rss in samples]
+    rec["rss_settled"] = after[0] if after else 0
+    rec["rss_end"] = after[-1] if after else 0
+    rec["rss_max"] = max((rss for _, rss in samples), default=0)
+    growth = (rec["rss_end"] - rec["rss_settled"]) / max(rec["rss_settled"], 1)
+    rec["rss_growth"] = growth
+    rec["server_log_tail"] = srv.log[-3000:]
+    rec["ok"] = bool(j and j.get("ok")) and res.returncode == 0 and growth < RSS_GROWTH_LIMIT
+    if not rec["ok"]:
+        rec["client_stderr"] = res.stderr[-3000:]
+    return rec
+
+
+def summary_line(r: dict) -> str:
+    j = r.get("client") or {}
+    lat = j.get("latency_us") or {}
+    return (f"soak {r['combo']}: {'ok' if r['ok'] else 'FAILED'}; {j.get('verified_messages', 0):,} messages "
+            f"({j.get('verified_bytes', 0):,} bytes) verified, {j.get('verify_errors', '?')} verification errors, "
+            f"{j.get('lost_messages', '?')} lost, {j.get('closed_by_server', '?')} closed by the server; "
+            f"p99 {fmt_us(lat.get('p99'))} µs; server RSS {mib(r['rss_settled'])} → {mib(r['rss_end'])} MiB "
+            f"({100 * r['rss_growth']:+.1f} %)")
+
+
+def fmt_us(x) -> str:
+    return "?" if x is None else f"{x:,.0f}"
+
+
+def mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f}"
+
+
+def write_doc(results: dict) -> None:
+    s = results["settings"]
+    lines = [BEGIN, "## Soak", "",
+             f"`python3 bench/soak.py --minutes {s['minutes']:g}` at {results.get('commit', '?')}, "
+             f"{results['started']}; {results['machine']}.", "",
+             f"Each row: one `iocp-server echo` (defaults, `--max-sessions {s['connections'] + 2000}`) and one "
+             f"`iocp-load echo` unpinned on the same 2 cores for {s['minutes']:g} minutes: "
+             f"{s['connections']:,} connections, open loop at {s['rate']:,.0f} messages/s offered, at most "
+             f"{s['pipeline']} in flight per connection, each message {s['size']}–{s['size_max']:,} bytes "
+             "(mixed, each size known to the checker), every byte of every echo verified. Server RSS sampled "
+             f"every {SAMPLE_S:.0f} s; \"settled\" is the first sample a minute after the connections were open; p50/p99 are "
+             "from when each message was due (open loop).",
+             "",
+             "| server / client | result | messages verified | bytes verified | msg/s | verification errors | "
+             "lost | closed by server | p50 µs | p99 µs | RSS settled → end (max) MiB | growth |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in results["runs"]:
+        j = r.get("client") or {}
+        lat = j.get("latency_us") or {}
+        lines.append(
+            f"| {r['combo']} | {'ok' if r['ok'] else '**failed**'} | {j.get('verified_messages', 0):,} | "
+            f"{j.get('verified_bytes', 0):,} | {j.get('messages_per_s', 0):,.0f} | {j.get('verify_errors', '?')} | "
+            f"{j.get('lost_messages', '?')} | {j.get('closed_by_server', '?')} | {fmt_us(lat.get('p50'))} | "
+            f"{fmt_us(lat.get('p99'))} | {mib(r['rss_settled'])} → {mib(r['rss_end'])} ({mib(r['rss_max'])}) | "
+            f"{100 * r['rss_growth']:+.1f} % |")
+    lines += ["", "Commands of the first row (the others differ in `--backend`):", "",
+              "```", " ".join(os.path.basename(c) if i == 0 else c for i, c in enumerate(results["runs"][0]["server_cmd"])),
+              " ".join(os.path.basename(c) if i == 0 else c for i, c in enumerate(results["runs"][0]["client_cmd"])),
+              "```", END]
+    block = "\n".join(lines)
+    doc = open(DOC).read() if os.path.exists(DOC) else ""
+    if BEGIN in doc and END in doc:
+        head, rest = doc.split(BEGIN, 1)
+        doc = head + block + rest.split(END, 1)[1]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
+    with open(DOC, "w") as f:
+        f.write(doc)
+    print(f"wrote the soak section of {os.path.relpath(DOC, ROOT)}")
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, kernel {platform.release()}"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (subprocess.SubprocessError, OSError):
+        return "?"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
