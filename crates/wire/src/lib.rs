@@ -58,6 +58,12 @@
 //! [`fixed_str`] and [`read_fixed_str`] handle NUL-padded `char UserID[21]`-style fields (the
 //! truncation rules are in [`write_fixed_str`](write_fixed_str#rules)).
 //!
+//! # Typed packets: [`TypedPacket`]
+//!
+//! A protocol implements [`TypedPacket`] for each of its packets (id, name, body layout); its
+//! provided methods encode a packet into a frame and decode one from a frame, with a
+//! [`PacketError`] saying why a body does not fit its packet.
+//!
 //! # Where the tutorial's code lives here
 //!
 //! | tutorial | here |
@@ -76,6 +82,7 @@ mod error;
 mod fixed_str;
 mod frame;
 mod header;
+mod packet;
 mod reader;
 
 pub use decoder::{Decoder, Frames};
@@ -84,4 +91,5 @@ pub use error::FrameError;
 pub use fixed_str::{fixed_str, fixed_str_len, read_fixed_str, read_fixed_utf8, write_fixed_str};
 pub use frame::Frame;
 pub use header::{DEFAULT_MAX_FRAME_LEN, HEADER_LEN, Header, MAX_BODY_LEN, MAX_FRAME_LEN};
+pub use packet::{PacketError, TypedPacket};
 pub use reader::BodyReader;
