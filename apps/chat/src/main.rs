@@ -6,7 +6,8 @@
 //! ```
 //!
 //! It logs in, then reads commands and messages from standard input, one per line: `/join N`,
-//! `/leave`, `/quit` (or end of input), `/help`; any other line is said in the room. A second
+//! `/leave`, `/echo TEXT`, `/quit` (or end of input), `/help`; any other line is said in the
+//! room. A second
 //! thread prints what the server sends: `[bob] hello`, `* bob entered the room`, refusals with
 //! their result code. Plain blocking I/O: one socket, two threads.
 #![forbid(unsafe_code)]
@@ -20,9 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use iocp_packet::chat_protocol::{
-    ChatPacket, LoginRequest, MAX_CHAT_MSG_LEN, MAX_USER_PW_LEN, Packet, ResultCode,
-    RoomChatRequest, RoomEnterRequest, RoomLeaveRequest, valid_user_id,
+use iocp_chat_protocol::{
+    DevEcho, LoginRequest, MAX_CHAT_MSG_LEN, MAX_USER_PW_LEN, Packet, ResultCode, RoomChatRequest,
+    RoomEnterRequest, RoomLeaveRequest, TypedPacket, valid_user_id,
 };
 use iocp_wire::{Decoder, MAX_FRAME_LEN};
 
@@ -32,8 +33,11 @@ use iocp_wire::{Decoder, MAX_FRAME_LEN};
     name = "iocp-chat",
     version,
     after_help = "Once logged in, type a line to say it in your room, or:\n  \
-                  /join N   enter room N\n  /leave    leave the room\n  \
-                  /quit     leave (end of input too)\n  /help     this list"
+                  /join N     enter room N\n  /leave      leave the room\n  \
+                  /echo TEXT  have the server echo TEXT (DEV_ECHO)\n  \
+                  /quit       leave (end of input too)\n  /help       this list\n\n\
+                  The protocol is the tutorial's (user ids and passwords up to 32 bytes, \
+                  messages up to 256 bytes of UTF-8); see docs/protocol.md."
 )]
 struct Args {
     /// Server address.
@@ -53,7 +57,8 @@ struct Args {
     timeout: u64,
 }
 
-const HELP: &str = "/join N: enter room N | /leave | /quit | anything else: say it in the room";
+const HELP: &str =
+    "/join N: enter room N | /leave | /echo TEXT | /quit | anything else: say it in the room";
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -153,6 +158,9 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                 }
             },
             ("/leave", _) => requests.send(&RoomLeaveRequest),
+            ("/echo", rest) => requests.send(&DevEcho {
+                data: rest.as_bytes().to_vec(),
+            }),
             (cmd, _) if cmd.starts_with('/') => {
                 println!("! unknown command {cmd} ({HELP})");
                 Ok(())
@@ -161,9 +169,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                 if text.len() > MAX_CHAT_MSG_LEN {
                     println!("! message cut to {MAX_CHAT_MSG_LEN} bytes");
                 }
-                requests.send(&RoomChatRequest {
-                    message: text.to_owned(),
-                })
+                requests.send(&RoomChatRequest::text(text))
             }
         };
         if let Err(e) = result {
@@ -195,7 +201,7 @@ struct Requests {
 }
 
 impl Requests {
-    fn send(&mut self, packet: &impl ChatPacket) -> Result<(), String> {
+    fn send(&mut self, packet: &impl TypedPacket) -> Result<(), String> {
         self.pending.fetch_add(1, Ordering::Relaxed);
         send(&mut self.stream, packet)
     }
@@ -229,7 +235,7 @@ fn read_password(args: &Args, input: &mut impl BufRead) -> Result<String, String
     Ok(password)
 }
 
-fn send(stream: &mut TcpStream, packet: &impl ChatPacket) -> Result<(), String> {
+fn send(stream: &mut TcpStream, packet: &impl TypedPacket) -> Result<(), String> {
     stream
         .write_all(&packet.encode())
         .map_err(|e| format!("sending: {e}"))
@@ -291,6 +297,8 @@ fn print_incoming(
     let refused = |what: &str, code: ResultCode| {
         println!("! {what} refused: {} ({code})", code.describe());
     };
+    // The members of our room by unique id: a leave notify carries only the id.
+    let mut members = std::collections::HashMap::<i64, String>::new();
     loop {
         let packet = match reader.next() {
             Ok(Some(packet)) => packet,
@@ -307,6 +315,7 @@ fn print_incoming(
             Packet::RoomEnterResponse(_)
                 | Packet::RoomLeaveResponse(_)
                 | Packet::RoomChatResponse(_)
+                | Packet::DevEcho(_)
         ) {
             let _ =
                 pending.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
@@ -321,19 +330,28 @@ fn print_incoming(
                     refused(&format!("entering room {room}"), r.result);
                 }
             }
-            Packet::RoomUserListNotify(list) if list.user_ids.is_empty() => {
-                println!("* nobody else is here");
-            }
             Packet::RoomUserListNotify(list) => {
-                println!("* in the room: {}", list.user_ids.join(", "));
+                let names: Vec<&str> = list.users.iter().map(|u| u.user_id.as_str()).collect();
+                println!("* in the room: {}", names.join(", "));
+                members.extend(list.users.into_iter().map(|u| (u.unique_id, u.user_id)));
             }
-            Packet::RoomNewUserNotify(n) => println!("* {} entered the room", n.user_id),
-            Packet::RoomLeaveUserNotify(n) => println!("* {} left the room", n.user_id),
-            Packet::RoomLeaveResponse(r) if r.result.is_ok() => println!("* you left the room"),
+            Packet::RoomNewUserNotify(n) => {
+                println!("* {} entered the room", n.user.user_id);
+                members.insert(n.user.unique_id, n.user.user_id);
+            }
+            Packet::RoomLeaveUserNotify(n) => match members.remove(&n.unique_id) {
+                Some(user_id) => println!("* {user_id} left the room"),
+                None => println!("* member {} left the room", n.unique_id),
+            },
+            Packet::RoomLeaveResponse(r) if r.result.is_ok() => {
+                members.clear();
+                println!("* you left the room");
+            }
             Packet::RoomLeaveResponse(r) => refused("leaving", r.result),
             Packet::RoomChatResponse(r) if r.result.is_ok() => {}
             Packet::RoomChatResponse(r) => refused("chat", r.result),
-            Packet::RoomChatNotify(n) => println!("[{}] {}", n.user_id, n.message),
+            Packet::RoomChatNotify(n) => println!("[{}] {}", n.user_id, n.message_text()),
+            Packet::DevEcho(e) => println!("* echo: {}", String::from_utf8_lossy(&e.data)),
             Packet::LoginResponse(r) => println!("* login: {}", r.result),
             other => println!("? {other:?}"),
         }

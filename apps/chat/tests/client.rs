@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use iocp_packet::accounts::{AccountStore, Accounts, HashCost, MemoryStore};
+use iocp_accounts::{AccountStore, Accounts, HashCost, MemoryStore};
 use iocp_server_app::chat::{ChatConfig, ChatServer};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -122,7 +122,9 @@ fn two_people_chat() {
     alice.expect("* logged in as alice");
     alice.type_line("/join 3");
     alice.expect("* entered room 3");
-    alice.expect("* nobody else is here");
+    alice.expect("* in the room: alice");
+    alice.type_line("/echo 에코 test");
+    alice.expect("* echo: 에코 test");
 
     let mut bob = Chat::start(addr, "bob", "bob-pw");
     bob.expect("* logged in as bob");
@@ -132,7 +134,7 @@ fn two_people_chat() {
     );
     bob.type_line("/join 3");
     bob.expect("* entered room 3");
-    bob.expect("* in the room: alice");
+    bob.expect("* in the room: alice, bob");
     alice.expect("* bob entered the room");
 
     bob.type_line("hi alice, 안녕");

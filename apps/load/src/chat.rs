@@ -34,9 +34,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::cli::parse_duration;
-use iocp_packet::chat_protocol::{
-    ChatPacket, LoginRequest, MAX_CHAT_MSG_LEN, Packet, ResultCode, RoomChatRequest,
-    RoomEnterRequest,
+use iocp_chat_protocol::{
+    LoginRequest, MAX_CHAT_MSG_LEN, Packet, ResultCode, RoomChatRequest, RoomEnterRequest,
+    TypedPacket,
 };
 use iocp_wire::{Decoder, Frame, MAX_FRAME_LEN};
 use mio::net::TcpStream;
@@ -129,7 +129,7 @@ fn check_args(args: &ChatArgs) -> Result<(), String> {
         ));
     }
     let longest = user_id(args, args.users - 1);
-    if !iocp_packet::chat_protocol::valid_user_id(&longest) {
+    if !iocp_chat_protocol::valid_user_id(&longest) {
         return Err(format!(
             "user ids like {longest:?} are not valid: shorten --user-prefix"
         ));
@@ -139,7 +139,7 @@ fn check_args(args: &ChatArgs) -> Result<(), String> {
 
 /// Creates the missing accounts in the account file.
 fn create_accounts(args: &ChatArgs, db: &std::path::Path) -> Result<u32, String> {
-    use iocp_packet::accounts::{AccountStore, HashCost, RedbStore, hash_password};
+    use iocp_accounts::{AccountStore, HashCost, RedbStore, hash_password};
     let store = RedbStore::open(db).map_err(|e| format!("{}: {e}", db.display()))?;
     let existing: std::collections::HashSet<String> = store
         .user_ids()
@@ -262,7 +262,7 @@ struct User {
 }
 
 impl User {
-    fn queue(&mut self, packet: &impl ChatPacket) {
+    fn queue(&mut self, packet: &impl TypedPacket) {
         self.out.extend_from_slice(&packet.encode());
     }
 
@@ -363,11 +363,9 @@ impl Client<'_> {
                     return;
                 };
                 let user = &mut self.users[i];
-                let Some((seq, sent_ns)) = parse_message(&n.message) else {
-                    shared.error(
-                        true,
-                        format!("user {}: garbled message {:?}", user.idx, n.message),
-                    );
+                let text = n.message_text();
+                let Some((seq, sent_ns)) = parse_message(&text) else {
+                    shared.error(true, format!("user {}: garbled message {text:?}", user.idx));
                     return;
                 };
                 if sender % self.args.rooms != user.room {
@@ -603,7 +601,7 @@ fn client_thread(args: &ChatArgs, shared: &Shared, thread: u32) -> io::Result<Th
                 client.schedule.pop();
                 let user = &mut client.users[i];
                 let text = message_text(user.sent, shared.now_ns(), args.message_size);
-                user.queue(&RoomChatRequest { message: text });
+                user.queue(&RoomChatRequest::text(&text));
                 user.sent += 1;
                 if !user.flush() {
                     client.closed(i, "write failed".into());
@@ -922,7 +920,7 @@ mod tests {
         assert!(check_args(&cli.chat).is_ok());
         let cli = Cli::parse_from(["x", "--message-size", "300"]);
         assert!(check_args(&cli.chat).is_err());
-        let cli = Cli::parse_from(["x", "--user-prefix", "a-very-long-prefix"]);
+        let cli = Cli::parse_from(["x", "--user-prefix", "a-prefix-longer-than-thirty-bytes"]);
         assert!(check_args(&cli.chat).is_err());
     }
 }

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use iocp_packet::accounts::{AccountStore, Accounts, RedbStore};
+use iocp_accounts::{AccountStore, Accounts, RedbStore};
 use iocp_server::Config;
 use iocp_server_app::chat::{ChatConfig, ChatServer};
 

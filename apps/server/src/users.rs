@@ -4,7 +4,7 @@
 //! history): it is prompted for, twice and without echo, when standard input is a terminal, and
 //! read as the first line of standard input otherwise (`printf '%s\n' "$PW" | iocp-server users
 //! add alice`). The account file may be in use by a running chat server: the store waits its
-//! turn (see [`iocp_packet::accounts::RedbStore`]).
+//! turn (see [`iocp_accounts::RedbStore`]).
 
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Subcommand, ValueEnum};
-use iocp_packet::accounts::{Accounts, HashCost, RedbStore, check_password};
+use iocp_accounts::{Accounts, HashCost, RedbStore, check_password};
 
 /// The chat server's account file unless `--db` says otherwise.
 pub const DEFAULT_DB: &str = "iocp-chat.redb";
@@ -30,7 +30,7 @@ pub struct UsersArgs {
 pub enum UsersCommand {
     /// Add a user (the password is prompted for, or read from the first line of stdin).
     Add {
-        /// The user id: 1 to 20 bytes of letters, digits, '-', '_' and '.'.
+        /// The user id: 1 to 32 bytes of letters, digits, '-', '_' and '.'.
         user: String,
         /// The account file.
         #[arg(long, default_value = DEFAULT_DB)]
@@ -98,9 +98,9 @@ fn execute(command: &UsersCommand) -> Result<(), String> {
             replace,
             hash_cost,
         } => {
-            if !iocp_packet::chat_protocol::valid_user_id(user) {
+            if !iocp_chat_protocol::valid_user_id(user) {
                 return Err(format!(
-                    "invalid user id {user:?}: 1 to 20 bytes of letters, digits, '-', '_' and '.'"
+                    "invalid user id {user:?}: 1 to 32 bytes of letters, digits, '-', '_' and '.'"
                 ));
             }
             let accounts = open_accounts(db)?;

@@ -10,8 +10,8 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use iocp_packet::accounts::{AccountStore, RedbStore};
-use iocp_packet::chat_protocol::ResultCode;
+use iocp_accounts::{AccountStore, RedbStore};
+use iocp_chat_protocol::ResultCode;
 use support::{Client, IO_TIMEOUT};
 
 const BIN: &str = env!("CARGO_BIN_EXE_iocp-server");
@@ -93,8 +93,8 @@ fn users_add_list_remove_with_the_password_on_stdin() {
         (&["add", "carol"][..], "", "it is empty"),
         (
             &["add", "carol"][..],
-            "123456789012345678901\n",
-            "longer than 20 bytes",
+            "123456789012345678901234567890123\n",
+            "longer than 32 bytes",
         ),
         (&["remove", "nobody"][..], "", "no user nobody"),
     ] {
@@ -274,11 +274,12 @@ fn chat_binary_with_users_added_while_it_runs() {
     c.name = "dave".into();
     let mut erin = Client::connect(server.addr);
     assert_eq!(erin.login("erin", "erin-pw"), ResultCode::NONE);
+    erin.name = "erin".into();
     assert_eq!(c.enter(2).0.result, ResultCode::NONE);
     let (r, members) = erin.enter(2);
     assert_eq!(
-        (r.result, members),
-        (ResultCode::NONE, vec!["dave".to_owned()])
+        (r.result, support::names(&members)),
+        (ResultCode::NONE, vec!["dave", "erin"])
     );
     assert_eq!(erin.chat("hi dave"), ResultCode::NONE);
 

@@ -5,12 +5,12 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use iocp_packet::chat_protocol::{
-    ChatPacket, LoginRequest, Packet, ResultCode, RoomChatNotify, RoomLeaveUserNotify,
-    RoomNewUserNotify,
+use iocp_chat_protocol::{
+    LoginRequest, Packet, ResultCode, RoomChatNotify, RoomLeaveUserNotify, RoomNewUserNotify,
+    RoomUser, TypedPacket,
 };
 use iocp_server::CloseReason;
-use support::{Client, PASSWORD, config, eventually, start, stop_within};
+use support::{Client, PASSWORD, config, eventually, names, start, stop_within};
 
 const STOP: Duration = Duration::from_secs(10);
 
@@ -104,8 +104,11 @@ fn room_rules() {
 
     let (r, members) = alice.enter(1);
     assert_eq!(r.result, ResultCode::NONE);
-    assert_eq!(r.rival_user_id, "");
-    assert!(members.is_empty());
+    assert_eq!(
+        names(&members),
+        ["alice"],
+        "the newcomer is in the list, last"
+    );
     assert_eq!(
         alice.enter(0).0.result,
         ResultCode::ENTER_ROOM_INVALID_USER_STATUS,
@@ -114,12 +117,17 @@ fn room_rules() {
 
     let (r, members) = bob.enter(1);
     assert_eq!(r.result, ResultCode::NONE);
-    assert_eq!(r.rival_user_id, "alice");
-    assert_eq!(members, ["alice"]);
+    assert_eq!(names(&members), ["alice", "bob"]);
+    assert_eq!(Some(members[0].unique_id), alice.unique_id);
+    let bob_id = bob.unique_id.expect("bob's unique id");
+    assert_ne!(Some(bob_id), alice.unique_id);
     assert_eq!(
         alice.recv(),
         Packet::RoomNewUserNotify(RoomNewUserNotify {
-            user_id: "bob".into()
+            user: RoomUser {
+                unique_id: bob_id,
+                user_id: "bob".into()
+            }
         })
     );
 
@@ -131,14 +139,12 @@ fn room_rules() {
     assert_eq!(bob.leave(), ResultCode::NONE);
     assert_eq!(
         alice.recv(),
-        Packet::RoomLeaveUserNotify(RoomLeaveUserNotify {
-            user_id: "bob".into()
-        })
+        Packet::RoomLeaveUserNotify(RoomLeaveUserNotify { unique_id: bob_id })
     );
     assert_eq!(bob.leave(), ResultCode::LEAVE_ROOM_INVALID_ROOM_INDEX);
     let (r, members) = carol.enter(1);
     assert_eq!(r.result, ResultCode::NONE);
-    assert_eq!(members, ["alice"]);
+    assert_eq!(names(&members), ["alice", "carol"]);
     stop_within(server, STOP);
 }
 
@@ -160,7 +166,7 @@ fn notify_fan_out_in_order() {
     for i in 0..MEMBERS {
         let (r, members) = clients[i].enter(0);
         assert_eq!(r.result, ResultCode::NONE);
-        assert_eq!(members.len(), i);
+        assert_eq!(members.len(), i + 1);
         for earlier in &mut clients[..i] {
             assert!(matches!(earlier.recv(), Packet::RoomNewUserNotify(_)));
         }
@@ -187,6 +193,7 @@ fn notify_fan_out_in_order() {
                     responses += 1;
                 }
                 Packet::RoomChatNotify(RoomChatNotify { user_id, message }) => {
+                    let message = String::from_utf8(message).unwrap();
                     let (sender, seq) = message.split_once(' ').unwrap();
                     assert_eq!(sender, user_id, "the notify names its sender");
                     let seq: usize = seq.parse().unwrap();
@@ -209,7 +216,7 @@ fn notify_fan_out_in_order() {
     }
     // The outsider still gets only what is meant for it.
     assert_eq!(outsider.chat("anyone?"), ResultCode::NONE);
-    assert!(matches!(outsider.recv(), Packet::RoomChatNotify(n) if n.message == "anyone?"));
+    assert!(matches!(outsider.recv(), Packet::RoomChatNotify(n) if n.message == b"anyone?"));
     // The logic thread counts a chat after sending its notifies, so the counters may trail the
     // last notify received by a moment.
     let (chats, notifies) = (
@@ -237,19 +244,23 @@ fn disconnect_leaves_the_room_and_logs_out() {
     assert_eq!(bob.enter(0).0.result, ResultCode::NONE);
     assert!(matches!(alice.recv(), Packet::RoomNewUserNotify(_)));
 
+    let old_bob = bob.unique_id.unwrap();
     drop(bob);
     assert_eq!(
         alice.recv(),
-        Packet::RoomLeaveUserNotify(RoomLeaveUserNotify {
-            user_id: "bob".into()
-        })
+        Packet::RoomLeaveUserNotify(RoomLeaveUserNotify { unique_id: old_bob })
     );
     eventually("bob logged out", || server.stats().online == 1);
 
     let mut bob = Client::login_as(addr, "bob");
     let (r, members) = bob.enter(0);
     assert_eq!(r.result, ResultCode::NONE, "the seat was freed");
-    assert_eq!(members, ["alice"]);
+    assert_eq!(names(&members), ["alice", "bob"]);
+    assert_ne!(
+        bob.unique_id,
+        Some(old_bob),
+        "a new login has a new unique id"
+    );
     assert!(matches!(alice.recv(), Packet::RoomNewUserNotify(_)));
     assert_eq!(bob.chat("back"), ResultCode::NONE);
     assert!(matches!(alice.recv(), Packet::RoomChatNotify(n) if n.user_id == "bob"));
@@ -288,7 +299,7 @@ fn malformed_and_oversized_frames_close_only_their_session() {
         password: PASSWORD.into(),
     }
     .encode();
-    let mut short_login = login[..35].to_vec(); // body of 30 bytes instead of 42
+    let mut short_login = login[..35].to_vec(); // body of 30 bytes instead of 66
     short_login[0] = 35;
     let bad_inputs: Vec<(&str, Vec<u8>)> = vec![
         ("short body", short_login),
@@ -323,13 +334,15 @@ fn malformed_and_oversized_frames_close_only_their_session() {
     assert_eq!(mallory.enter(0).0.result, ResultCode::NONE);
     assert!(matches!(alice.recv(), Packet::RoomNewUserNotify(_)));
     assert!(matches!(bob.recv(), Packet::RoomNewUserNotify(_)));
-    mallory.send_raw(&[9, 0, 214, 0, 0, 1, 2, 3, 4]);
+    // A ROOM_CHAT_REQUEST of 4 bytes instead of 257.
+    mallory.send_raw(&[9, 0, 221, 0, 0, 1, 2, 3, 4]);
     mallory.expect_closed();
+    let mallory_id = mallory.unique_id.unwrap();
     for c in [&mut alice, &mut bob] {
         assert_eq!(
             c.recv(),
             Packet::RoomLeaveUserNotify(RoomLeaveUserNotify {
-                user_id: "mallory".into()
+                unique_id: mallory_id
             })
         );
     }
@@ -344,8 +357,8 @@ fn malformed_and_oversized_frames_close_only_their_session() {
     });
     // Alice and bob never noticed.
     assert_eq!(alice.chat("still here"), ResultCode::NONE);
-    assert!(matches!(alice.recv(), Packet::RoomChatNotify(n) if n.message == "still here"));
-    assert!(matches!(bob.recv(), Packet::RoomChatNotify(n) if n.message == "still here"));
+    assert!(matches!(alice.recv(), Packet::RoomChatNotify(n) if n.message == b"still here"));
+    assert!(matches!(bob.recv(), Packet::RoomChatNotify(n) if n.message == b"still here"));
     stop_within(server, STOP);
 }
 
@@ -390,6 +403,7 @@ fn a_member_that_stops_reading_is_evicted() {
     let mut sloth = Client::wrap(sloth, "sloth");
     assert_eq!(sloth.login("sloth", PASSWORD), ResultCode::NONE);
     assert_eq!(sloth.enter(0).0.result, ResultCode::NONE);
+    let sloth_id = sloth.unique_id.unwrap();
 
     let mut alice = Client::login_as(addr, "alice");
     let mut bob = Client::login_as(addr, "bob");
@@ -412,11 +426,16 @@ fn a_member_that_stops_reading_is_evicted() {
                 match c.recv() {
                     Packet::RoomChatResponse(r) => assert_eq!(r.result, ResultCode::NONE),
                     Packet::RoomChatNotify(n) => {
-                        assert_eq!(n.message, seen[i].to_string(), "{}: in order", c.name);
+                        assert_eq!(
+                            n.message,
+                            seen[i].to_string().as_bytes(),
+                            "{}: in order",
+                            c.name
+                        );
                         seen[i] += 1;
                     }
                     Packet::RoomLeaveUserNotify(n) => {
-                        assert_eq!(n.user_id, "sloth");
+                        assert_eq!(n.unique_id, sloth_id);
                         saw_leave[i] = true;
                     }
                     other => panic!("unexpected {other:?}"),
@@ -439,15 +458,12 @@ fn a_member_that_stops_reading_is_evicted() {
 
 /// A store that takes `delay` to answer, like a slow hash or a remote database.
 struct SlowStore {
-    inner: iocp_packet::accounts::MemoryStore,
+    inner: iocp_accounts::MemoryStore,
     delay: Duration,
 }
 
-impl iocp_packet::accounts::AccountStore for SlowStore {
-    fn password_hash(
-        &self,
-        user_id: &str,
-    ) -> Result<Option<String>, iocp_packet::accounts::StoreError> {
+impl iocp_accounts::AccountStore for SlowStore {
+    fn password_hash(&self, user_id: &str) -> Result<Option<String>, iocp_accounts::StoreError> {
         std::thread::sleep(self.delay);
         self.inner.password_hash(user_id)
     }
@@ -456,22 +472,22 @@ impl iocp_packet::accounts::AccountStore for SlowStore {
         user_id: &str,
         hash: &str,
         replace: bool,
-    ) -> Result<bool, iocp_packet::accounts::StoreError> {
+    ) -> Result<bool, iocp_accounts::StoreError> {
         self.inner.insert(user_id, hash, replace)
     }
-    fn remove(&self, user_id: &str) -> Result<bool, iocp_packet::accounts::StoreError> {
+    fn remove(&self, user_id: &str) -> Result<bool, iocp_accounts::StoreError> {
         self.inner.remove(user_id)
     }
-    fn user_ids(&self) -> Result<Vec<String>, iocp_packet::accounts::StoreError> {
+    fn user_ids(&self) -> Result<Vec<String>, iocp_accounts::StoreError> {
         self.inner.user_ids()
     }
 }
 
-fn slow_accounts(users: &[String], delay: Duration) -> iocp_packet::accounts::Accounts {
-    use iocp_packet::accounts::{AccountStore, Accounts, HashCost, MemoryStore};
+fn slow_accounts(users: &[String], delay: Duration) -> iocp_accounts::Accounts {
+    use iocp_accounts::{AccountStore, Accounts, HashCost, MemoryStore};
     let inner = MemoryStore::new();
     for user in users {
-        let hash = iocp_packet::accounts::hash_password(PASSWORD, HashCost::LIGHT).unwrap();
+        let hash = iocp_accounts::hash_password(PASSWORD, HashCost::LIGHT).unwrap();
         inner.insert(user, &hash, false).unwrap();
     }
     Accounts::new(
@@ -580,5 +596,126 @@ fn a_full_login_queue_answers_busy() {
     assert!(busy.len() <= 20 - 2, "at least the first ones got in");
     let i = busy[0];
     assert_eq!(clients[i].login(&names[i], PASSWORD), ResultCode::NONE);
+    stop_within(server, STOP);
+}
+
+/// The tutorial's C# client's conversation, as its packets go: two users log in, enter one
+/// room, see each other in the user list (209) and as a new user (208), exchange Korean UTF-8
+/// messages that both receive (the sender included), a 256-byte message and a 257-byte one that
+/// fills its field arrive whole, bytes that are not UTF-8 are relayed as they are, `DEV_ECHO`
+/// echoes, and one leaves (the other gets 217). No connection is closed.
+#[test]
+fn the_tutorial_clients_conversation() {
+    use iocp_chat_protocol::{DevEcho, RoomChatRequest, RoomLeaveRequest, RoomLeaveResponse};
+
+    let server = start(config(4, 10), &["alice", "김철수"]);
+    let addr = server.local_addr();
+
+    // The echo button works before logging in, with the body as the client builds it.
+    let mut alice = Client::connect(addr);
+    let body = "에코 echo".as_bytes();
+    let mut raw = ((5 + body.len()) as u16).to_le_bytes().to_vec();
+    raw.extend_from_slice(&1u16.to_le_bytes());
+    raw.push(0);
+    raw.extend_from_slice(body);
+    alice.send_raw(&raw);
+    assert_eq!(alice.recv_frame(), raw, "DEV_ECHO comes back byte for byte");
+    assert_eq!(alice.login("alice", PASSWORD), ResultCode::NONE);
+    alice.name = "alice".into();
+    let mut chulsoo = Client::login_as(addr, "김철수");
+
+    let (r, members) = alice.enter(3);
+    assert_eq!(r.result, ResultCode::NONE);
+    assert_eq!(names(&members), ["alice"]);
+    let (r, members) = chulsoo.enter(3);
+    assert_eq!(r.result, ResultCode::NONE);
+    let (alice_id, chulsoo_id) = (alice.unique_id.unwrap(), chulsoo.unique_id.unwrap());
+    assert_eq!(
+        members,
+        [
+            RoomUser {
+                unique_id: alice_id,
+                user_id: "alice".into()
+            },
+            RoomUser {
+                unique_id: chulsoo_id,
+                user_id: "김철수".into()
+            }
+        ],
+        "the newcomer sees who is there (itself last)"
+    );
+    assert_eq!(
+        alice.recv(),
+        Packet::RoomNewUserNotify(RoomNewUserNotify {
+            user: RoomUser {
+                unique_id: chulsoo_id,
+                user_id: "김철수".into()
+            }
+        }),
+        "the member who was there sees the newcomer"
+    );
+
+    let exchange = |from: &mut Client, to: &mut Client, message: &[u8]| {
+        from.send(&RoomChatRequest {
+            message: message.to_vec(),
+        });
+        match from.recv() {
+            Packet::RoomChatResponse(r) => assert_eq!(r.result, ResultCode::NONE),
+            other => panic!("expected ROOM_CHAT_RESPONSE, got {other:?}"),
+        }
+        let sender = from.name.clone();
+        for c in [from, to] {
+            match c.recv() {
+                Packet::RoomChatNotify(n) => {
+                    assert_eq!(n.user_id, sender);
+                    assert_eq!(n.message, message, "{}: the message arrives whole", c.name);
+                }
+                other => panic!("{}: expected ROOM_CHAT_NOTIFY, got {other:?}", c.name),
+            }
+        }
+    };
+    exchange(&mut alice, &mut chulsoo, "안녕하세요, 철수 씨!".as_bytes());
+    exchange(&mut chulsoo, &mut alice, "반갑습니다 😀".as_bytes());
+    let full = format!("{}a", "가".repeat(85)); // 255 + 1 bytes: the longest with its NUL
+    assert_eq!(full.len(), 256);
+    exchange(&mut alice, &mut chulsoo, full.as_bytes());
+    exchange(&mut chulsoo, &mut alice, &[b'z'; 257]); // fills the field: no NUL at all
+    exchange(&mut alice, &mut chulsoo, &[0xff, 0xfe, b'x', 0xc3]); // not UTF-8: relayed as is
+
+    // The echo also works logged in, in a room.
+    chulsoo.send(&DevEcho {
+        data: "에코".as_bytes().to_vec(),
+    });
+    assert_eq!(
+        chulsoo.recv(),
+        Packet::DevEcho(DevEcho {
+            data: "에코".as_bytes().to_vec()
+        })
+    );
+
+    chulsoo.send(&RoomLeaveRequest);
+    assert_eq!(
+        chulsoo.recv(),
+        Packet::RoomLeaveResponse(RoomLeaveResponse {
+            result: ResultCode::NONE
+        })
+    );
+    assert_eq!(
+        alice.recv(),
+        Packet::RoomLeaveUserNotify(RoomLeaveUserNotify {
+            unique_id: chulsoo_id
+        })
+    );
+    // Entering again: a list of two, alice first.
+    let (_, members) = chulsoo.enter(3);
+    assert_eq!(names(&members), ["alice", "김철수"]);
+    assert!(matches!(alice.recv(), Packet::RoomNewUserNotify(_)));
+
+    assert_eq!(
+        server.handle().stats().closed_total(),
+        0,
+        "no connection closed"
+    );
+    assert_eq!(server.handle().stats().open(), 2, "both still connected");
     stop_within(server, STOP);
 }

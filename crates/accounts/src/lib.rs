@@ -1,4 +1,5 @@
-//! Accounts for the chat server's login: a store of Argon2id password hashes behind a trait.
+//! Accounts for the chat server's login: a store of Argon2id password hashes behind a trait,
+//! and the pool of threads that checks logins against it ([`LoginPool`]).
 //!
 //! The tutorial checks logins against Redis on a thread of its own and accepts any password.
 //! Here:
@@ -8,8 +9,8 @@
 //!   memory (tests). Redis, as in the tutorial, would be one more implementation.
 //! - [`Accounts`] adds the rules on top: valid user ids, password length, hashing with a random
 //!   salt, and a verification that costs the same for an unknown user as for a wrong password.
-//! - Hashing is slow by design (tens of milliseconds): the chat server runs it on a small pool
-//!   of threads, never on its logic thread.
+//! - Hashing is slow by design (tens of milliseconds): [`LoginPool`] runs it on a small pool of
+//!   threads, never on the caller's (the chat server's logic thread).
 //!
 //! Why redb and not SQLite: redb is pure Rust — no C compiler, so the workspace still
 //! cross-checks for macOS and builds for Windows as it is, and builds fast — and one table of
@@ -18,6 +19,9 @@
 //! millisecond) and, if another process holds it at that moment, retries for up to a few
 //! seconds. So `iocp-server users add` works while the chat server runs.
 
+#![forbid(unsafe_code)]
+
+mod login;
 mod memory;
 mod password;
 mod redb_store;
@@ -25,11 +29,12 @@ mod redb_store;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
+pub use login::{LoginDone, LoginJob, LoginPool, Outcome};
 pub use memory::MemoryStore;
 pub use password::{HashCost, hash_password, verify_password};
 pub use redb_store::RedbStore;
 
-use crate::chat_protocol::{MAX_USER_ID_LEN, MAX_USER_PW_LEN, valid_user_id};
+use iocp_chat_protocol::{MAX_USER_ID_LEN, MAX_USER_PW_LEN, valid_user_id};
 
 /// A failure of the account store (I/O, a damaged file, a stored hash that cannot be read).
 #[derive(Debug)]
@@ -150,7 +155,7 @@ pub fn check_password(password: &str) -> Result<(), AccountError> {
         Err(AccountError::InvalidPassword("it is empty"))
     } else if password.len() > MAX_USER_PW_LEN {
         Err(AccountError::InvalidPassword(
-            "longer than 20 bytes, which LOGIN_REQUEST cannot carry",
+            "longer than 32 bytes, which LOGIN_REQUEST cannot carry",
         ))
     } else if password.contains('\0') {
         Err(AccountError::InvalidPassword("it holds a NUL character"))
@@ -272,7 +277,7 @@ mod tests {
             Err(AccountError::InvalidUserId(_))
         ));
         assert!(matches!(
-            accounts.add("bob", &"x".repeat(21), HashCost::LIGHT, false),
+            accounts.add("bob", &"x".repeat(33), HashCost::LIGHT, false),
             Err(AccountError::InvalidPassword(_))
         ));
         assert!(matches!(

@@ -1,8 +1,10 @@
 //! The tutorial's packet manager for `iocp-server`: frames each session's bytes with
 //! [`iocp_wire`], calls a handler registered for each packet id, and runs those handlers either
-//! on the I/O workers or on **one logic thread** fed by a bounded queue. It also holds what the
-//! tutorial's chat server needs and its clients share: the chat protocol ([`chat_protocol`]) and
-//! the account store with password hashing ([`accounts`], feature `accounts`, on by default).
+//! on the I/O workers or on **one logic thread** fed by a bounded queue. Handlers take frames
+//! ([`LogicPackets::on`]) or typed packets ([`LogicPackets::on_packet`], for any [`TypedPacket`]:
+//! the frame is decoded before the call). A protocol lives in a crate of its own that needs only
+//! `iocp-wire` (the tutorial's chat protocol is `iocp-chat-protocol`), so that its clients do not
+//! pull in the server.
 //!
 //! | the tutorial (C++) | here |
 //! |---|---|
@@ -11,8 +13,7 @@
 //! | `PacketManager` thread, `ProcessPacket()`, `mInComingPacketUserIndex` queue | the logic thread ([`logic`]): one bounded queue, [`Logic`] owns the state |
 //! | `SYS_USER_CONNECT`, `SYS_USER_DISCONNECT` system packets | [`Logic::on_connect`], [`Logic::on_disconnect`], queued in order with the data |
 //! | request/response queues to the Redis thread | a [`LogicSender`]: other threads post results back as messages ([`Logic::on_message`]) |
-//! | `Packet.h`, `ErrorCode.h` | [`chat_protocol`] |
-//! | `RedisManager` (login check) | [`accounts::AccountStore`] (redb by default), Argon2id hashes |
+//! | a packet struct cast from the receive buffer | a [`TypedPacket`], decoded and length-checked |
 //!
 //! Two modes:
 //!
@@ -64,9 +65,6 @@
 
 #![forbid(unsafe_code)]
 
-#[cfg(feature = "accounts")]
-pub mod accounts;
-pub mod chat_protocol;
 mod error;
 pub mod logic;
 pub mod on_worker;
@@ -75,6 +73,7 @@ mod slots;
 mod table;
 
 pub use error::{BadPacket, PacketError, PacketResult};
+pub use iocp_wire::TypedPacket;
 pub use logic::{
     Logic, LogicBack, LogicContext, LogicFront, LogicPackets, LogicSender, LogicServer, LogicStats,
     LogicThread, QueueOptions, WhenFull,

@@ -46,7 +46,7 @@ use std::thread::JoinHandle;
 
 use bytes::{Bytes, BytesMut};
 use iocp_server::{CloseReason, Config, Context, Handler, Server, ServerHandle, SessionId};
-use iocp_wire::{Frame, MAX_FRAME_LEN};
+use iocp_wire::{Frame, MAX_FRAME_LEN, TypedPacket};
 
 use crate::on_worker::no_slot;
 use crate::slots::{Slot, Slots};
@@ -303,6 +303,19 @@ impl<L: Logic> LogicPackets<L> {
     {
         self.table.insert(id, Box::new(handler));
         self
+    }
+
+    /// Registers `handler` for packets of type `P` (id [`TypedPacket::ID`]): the frame is decoded
+    /// before the call, and a body that does not fit `P` is refused as a handler's error would be
+    /// ([`BadPacket`]).
+    pub fn on_packet<P, F>(&mut self, handler: F) -> &mut Self
+    where
+        P: TypedPacket + 'static,
+        F: Fn(&mut L, &mut LogicContext<'_>, SessionId, P) -> PacketResult + Send + 'static,
+    {
+        self.on(P::ID, move |logic, ctx, session, frame| {
+            handler(logic, ctx, session, P::decode(&frame)?)
+        })
     }
 
     /// Splits the packet manager into the [`Handler`] to start the server with (the I/O side)

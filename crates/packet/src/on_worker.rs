@@ -31,7 +31,7 @@
 use std::net::SocketAddr;
 
 use iocp_server::{CloseReason, Context, Handler, SessionId};
-use iocp_wire::Frame;
+use iocp_wire::{Frame, TypedPacket};
 
 use crate::slots::Slots;
 use crate::table::Table;
@@ -90,6 +90,19 @@ impl<S: WorkerLogic> WorkerPackets<S> {
     {
         self.table.insert(id, Box::new(handler));
         self
+    }
+
+    /// Registers `handler` for packets of type `P` (id [`TypedPacket::ID`]): the frame is decoded
+    /// before the call, and a body that does not fit `P` is refused as a handler's error would be
+    /// ([`BadPacket`]).
+    pub fn on_packet<P, F>(&mut self, handler: F) -> &mut Self
+    where
+        P: TypedPacket + 'static,
+        F: Fn(&S, &mut Context<'_>, SessionId, P) -> PacketResult + Send + Sync + 'static,
+    {
+        self.on(P::ID, move |state, ctx, session, frame| {
+            handler(state, ctx, session, P::decode(&frame)?)
+        })
     }
 
     /// The [`Handler`] to start the server with.

@@ -4,16 +4,17 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use iocp_packet::chat_protocol::{
-    ChatPacket, LoginRequest, LoginResponse, MAX_USER_LIST, ResultCode, RoomChatNotify,
+use iocp_accounts::{LoginDone, LoginJob, Outcome};
+use iocp_chat_protocol::{
+    DevEcho, LoginRequest, LoginResponse, MAX_USER_LIST, ResultCode, RoomChatNotify,
     RoomChatRequest, RoomChatResponse, RoomEnterRequest, RoomEnterResponse, RoomLeaveRequest,
-    RoomLeaveResponse, RoomLeaveUserNotify, RoomNewUserNotify, RoomUserListNotify, valid_user_id,
+    RoomLeaveResponse, RoomLeaveUserNotify, RoomNewUserNotify, RoomUser, RoomUserListNotify,
+    TypedPacket, valid_user_id,
 };
 use iocp_packet::{Logic, LogicContext, LogicPackets, PacketResult};
 use iocp_server::{CloseReason, SessionId};
-use iocp_wire::Frame;
 
-use super::login::{ChatMessage, LoginDone, LoginJob, LoginPool, Outcome};
+use super::login::{ChatLoginPool, ChatMessage};
 use super::rooms::{Member, Rooms};
 use super::users::{State, Users};
 use super::{ChatConfig, Counters};
@@ -25,27 +26,38 @@ const MAX_FAILED_LOGINS: u32 = 5;
 /// Registers the chat's packet handlers.
 pub(crate) fn register(packets: &mut LogicPackets<ChatLogic>) {
     packets
-        .on(LoginRequest::ID, ChatLogic::on_login)
-        .on(RoomEnterRequest::ID, ChatLogic::on_enter)
-        .on(RoomLeaveRequest::ID, ChatLogic::on_leave)
-        .on(RoomChatRequest::ID, ChatLogic::on_chat);
+        .on_packet(ChatLogic::on_echo)
+        .on_packet(ChatLogic::on_login)
+        .on_packet(ChatLogic::on_enter)
+        .on_packet(ChatLogic::on_leave)
+        .on_packet(ChatLogic::on_chat);
+}
+
+/// The unique id of a logged-in session in the room notifies: its session id as a number (the
+/// generation above the slot index), so a user who logs in again has another.
+pub(crate) fn unique_id(session: SessionId) -> i64 {
+    (i64::from(session.generation) << 32) | i64::from(session.index)
 }
 
 /// The chat's state: users and rooms. Only the logic thread touches it.
 pub(crate) struct ChatLogic {
     users: Users,
     rooms: Rooms,
-    login: LoginPool,
+    login: ChatLoginPool,
     counters: Arc<Counters>,
 }
 
 /// Queues a response; a failure means that the session is closing, which its disconnect handles.
-fn reply(ctx: &LogicContext<'_>, session: SessionId, packet: &impl ChatPacket) {
+fn reply(ctx: &LogicContext<'_>, session: SessionId, packet: &impl TypedPacket) {
     let _ = ctx.send_bytes(session, packet.encode());
 }
 
 impl ChatLogic {
-    pub(crate) fn new(config: &ChatConfig, login: LoginPool, counters: Arc<Counters>) -> ChatLogic {
+    pub(crate) fn new(
+        config: &ChatConfig,
+        login: ChatLoginPool,
+        counters: Arc<Counters>,
+    ) -> ChatLogic {
         ChatLogic {
             users: Users::new(config.server.max_sessions),
             rooms: Rooms::new(config.rooms, config.room_capacity),
@@ -75,15 +87,25 @@ impl ChatLogic {
         reply(ctx, session, &LoginResponse { result });
     }
 
+    /// `DEV_ECHO`: the same body back, logged in or not.
+    fn on_echo(
+        &mut self,
+        ctx: &mut LogicContext<'_>,
+        session: SessionId,
+        echo: DevEcho,
+    ) -> PacketResult {
+        reply(ctx, session, &echo);
+        Ok(())
+    }
+
     /// `LOGIN_REQUEST`: checks what can be checked at once, then hands the password to the
     /// login pool; the answer comes back as [`ChatMessage::LoginDone`].
     fn on_login(
         &mut self,
         ctx: &mut LogicContext<'_>,
         session: SessionId,
-        frame: Frame<'_>,
+        request: LoginRequest,
     ) -> PacketResult {
-        let request = LoginRequest::decode(&frame)?;
         let Some(user) = self.users.get(session) else {
             return Ok(());
         };
@@ -95,7 +117,7 @@ impl ChatLogic {
             ResultCode::LOGIN_USER_ALREADY
         } else {
             let job = LoginJob {
-                session,
+                ticket: session,
                 user_id: request.user_id.clone(),
                 password: request.password,
             };
@@ -114,9 +136,9 @@ impl ChatLogic {
     }
 
     /// A password check came back.
-    fn login_done(&mut self, ctx: &mut LogicContext<'_>, done: LoginDone) {
+    fn login_done(&mut self, ctx: &mut LogicContext<'_>, done: LoginDone<SessionId>) {
         let LoginDone {
-            session,
+            ticket: session,
             user_id,
             outcome,
         } = done;
@@ -161,19 +183,15 @@ impl ChatLogic {
         reply(ctx, session, &LoginResponse { result });
     }
 
-    /// `ROOM_ENTER_REQUEST`: the response, then the member list to the newcomer, then
-    /// `ROOM_NEW_USER_NOTIFY` to the others.
+    /// `ROOM_ENTER_REQUEST`: the response, then the member list (the newcomer included, last)
+    /// to the newcomer, then `ROOM_NEW_USER_NOTIFY` to the others.
     fn on_enter(
         &mut self,
         ctx: &mut LogicContext<'_>,
         session: SessionId,
-        frame: Frame<'_>,
+        request: RoomEnterRequest,
     ) -> PacketResult {
-        let request = RoomEnterRequest::decode(&frame)?;
-        let refuse = |result| RoomEnterResponse {
-            result,
-            rival_user_id: String::new(),
-        };
+        let refuse = |result| RoomEnterResponse { result };
         let Some((user_id, room)) = self.logged_in(session) else {
             reply(ctx, session, &refuse(ResultCode::USER_MGR_NOT_LOGGED_IN));
             return Ok(());
@@ -200,27 +218,32 @@ impl ChatLogic {
         self.set_room(session, Some(number));
         Counters::add(&self.counters.room_enters, 1);
         let room = self.rooms.get(number).expect("just entered");
-        let others: Vec<String> = room
+        reply(
+            ctx,
+            session,
+            &RoomEnterResponse {
+                result: ResultCode::NONE,
+            },
+        );
+        let members: Vec<RoomUser> = room
             .members()
             .iter()
-            .filter(|m| m.session != session)
-            .map(|m| m.user_id.to_string())
+            .map(|m| RoomUser {
+                unique_id: unique_id(m.session),
+                user_id: m.user_id.to_string(),
+            })
             .collect();
-        let response = RoomEnterResponse {
-            result: ResultCode::NONE,
-            rival_user_id: others.first().cloned().unwrap_or_default(),
-        };
-        reply(ctx, session, &response);
-        let mut chunks = others.chunks(MAX_USER_LIST);
-        let first = chunks.next().unwrap_or(&[]);
-        for chunk in std::iter::once(first).chain(chunks) {
+        for chunk in members.chunks(MAX_USER_LIST) {
             let list = RoomUserListNotify {
-                user_ids: chunk.to_vec(),
+                users: chunk.to_vec(),
             };
             reply(ctx, session, &list);
         }
         let notify = RoomNewUserNotify {
-            user_id: user_id.to_string(),
+            user: RoomUser {
+                unique_id: unique_id(session),
+                user_id: user_id.to_string(),
+            },
         }
         .encode();
         room.send_all(ctx, &notify, Some(session));
@@ -231,7 +254,7 @@ impl ChatLogic {
     fn leave_room(&mut self, ctx: &LogicContext<'_>, session: SessionId, number: u32) {
         if let Some(member) = self.rooms.leave(number, session) {
             let notify = RoomLeaveUserNotify {
-                user_id: member.user_id.to_string(),
+                unique_id: unique_id(member.session),
             }
             .encode();
             if let Some(room) = self.rooms.get(number) {
@@ -246,9 +269,8 @@ impl ChatLogic {
         &mut self,
         ctx: &mut LogicContext<'_>,
         session: SessionId,
-        frame: Frame<'_>,
+        _: RoomLeaveRequest,
     ) -> PacketResult {
-        RoomLeaveRequest::decode(&frame)?;
         let result = match self.logged_in(session) {
             None => ResultCode::USER_MGR_NOT_LOGGED_IN,
             Some((_, None)) => ResultCode::LEAVE_ROOM_INVALID_ROOM_INDEX,
@@ -274,9 +296,8 @@ impl ChatLogic {
         &mut self,
         ctx: &mut LogicContext<'_>,
         session: SessionId,
-        frame: Frame<'_>,
+        request: RoomChatRequest,
     ) -> PacketResult {
-        let request = RoomChatRequest::decode(&frame)?;
         let (user_id, number) = match self.logged_in(session) {
             None => {
                 reply(

@@ -10,7 +10,7 @@
 //!
 //! - All chat state (who is logged in, who is in which room) lives on the packet manager's one
 //!   logic thread ([`iocp_packet::logic`]) and is touched by nothing else: no locks.
-//! - A login is checked on a small pool of threads (`login.rs`): the logic thread hands the job
+//! - A login is checked on a small pool of threads (`iocp_accounts::LoginPool`): the logic thread hands the job
 //!   over without waiting (the tutorial's request queue to its Redis thread), and the result
 //!   comes back through the logic queue as a message. A login storm never stalls chat; if more
 //!   logins wait than the pool's queue holds, the newest get `LOGIN_SERVER_BUSY`.
@@ -21,7 +21,11 @@
 //!   leaves the room through its disconnect like any other: the room never waits for it.
 //! - A disconnect, whatever its cause, leaves the room (the others are told) and logs out.
 //!
-//! The protocol is in [`iocp_packet::chat_protocol`] and `docs/protocol.md`.
+//! - `DEV_ECHO` (id 1) is answered with the same body, logged in or not.
+//! - Each member of a room has a unique id (its session id as a number, so that a user who logs
+//!   in again gets another); the room notifies the tutorial's C# client parses carry it.
+//!
+//! The protocol is in the `iocp-chat-protocol` crate and `docs/protocol.md`.
 
 mod logic;
 mod login;
@@ -32,12 +36,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use iocp_packet::accounts::Accounts;
+use iocp_accounts::Accounts;
 use iocp_packet::{BadPacket, LogicPackets, LogicServer, LogicStats, PacketOptions, QueueOptions};
 use iocp_server::{Config, ServerHandle};
 
 use self::logic::ChatLogic;
-use self::login::LoginPool;
+use self::login::ChatLoginPool;
 
 /// Settings of the chat server.
 #[derive(Clone, Debug)]
@@ -165,12 +169,11 @@ impl ChatServer {
         };
         let mut pool_error = None;
         let inner = packets.start_with(config.server.clone(), options, config.queue, |sender| {
-            let login =
-                LoginPool::start(accounts, config.login_threads, config.login_queue, sender)
-                    .unwrap_or_else(|e| {
-                        pool_error = Some(e);
-                        LoginPool::none()
-                    });
+            let login = login::start(accounts, config.login_threads, config.login_queue, sender)
+                .unwrap_or_else(|e| {
+                    pool_error = Some(e);
+                    ChatLoginPool::none()
+                });
             ChatLogic::new(&config, login, counters.clone())
         })?;
         if let Some(source) = pool_error {

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use iocp_chat_protocol::ResultCode;
 use iocp_packet::LogicContext;
-use iocp_packet::chat_protocol::ResultCode;
 use iocp_server::{Bytes, SessionId};
 
 /// A member of a room.

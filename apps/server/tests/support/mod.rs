@@ -8,10 +8,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use iocp_packet::accounts::{AccountStore, Accounts, HashCost, MemoryStore};
-use iocp_packet::chat_protocol::{
-    ChatPacket, LoginRequest, LoginResponse, Packet, ResultCode, RoomChatRequest, RoomChatResponse,
-    RoomEnterRequest, RoomEnterResponse, RoomLeaveRequest, RoomLeaveResponse, RoomUserListNotify,
+use iocp_accounts::{AccountStore, Accounts, HashCost, MemoryStore};
+use iocp_chat_protocol::{
+    LoginRequest, LoginResponse, MAX_USER_LIST, Packet, ResultCode, RoomChatRequest,
+    RoomChatResponse, RoomEnterRequest, RoomEnterResponse, RoomLeaveRequest, RoomLeaveResponse,
+    RoomUser, RoomUserListNotify, TypedPacket,
 };
 use iocp_server::{BackendChoice, Config};
 use iocp_server_app::chat::{ChatConfig, ChatServer};
@@ -87,6 +88,8 @@ pub struct Client {
     /// Whole frames read but not yet taken.
     pending: std::collections::VecDeque<Vec<u8>>,
     pub name: String,
+    /// The unique id the server gave this client in its room (from the member list).
+    pub unique_id: Option<i64>,
 }
 
 impl Client {
@@ -105,6 +108,7 @@ impl Client {
             decoder: Decoder::with_max_frame_len(iocp_wire::MAX_FRAME_LEN),
             pending: Default::default(),
             name: name.to_owned(),
+            unique_id: None,
         }
     }
 
@@ -116,7 +120,7 @@ impl Client {
         c
     }
 
-    pub fn send(&mut self, packet: &impl ChatPacket) {
+    pub fn send(&mut self, packet: &impl TypedPacket) {
         self.stream.write_all(&packet.encode()).expect("send");
     }
 
@@ -163,8 +167,9 @@ impl Client {
         }
     }
 
-    /// Enters `room`; on success also reads the member list, returned with the response.
-    pub fn enter(&mut self, room: i32) -> (RoomEnterResponse, Vec<String>) {
+    /// Enters `room`; on success also reads the member list (this client last), returned with
+    /// the response, and keeps this client's unique id.
+    pub fn enter(&mut self, room: i32) -> (RoomEnterResponse, Vec<RoomUser>) {
         self.send(&RoomEnterRequest { room_number: room });
         let response = match self.recv() {
             Packet::RoomEnterResponse(r) => r,
@@ -174,10 +179,15 @@ impl Client {
         if response.result.is_ok() {
             loop {
                 match self.recv() {
-                    Packet::RoomUserListNotify(RoomUserListNotify { user_ids }) => {
-                        let n = user_ids.len();
-                        members.extend(user_ids);
-                        if n < iocp_packet::chat_protocol::MAX_USER_LIST {
+                    Packet::RoomUserListNotify(RoomUserListNotify { users }) => {
+                        let n = users.len();
+                        let me = users.last().filter(|u| u.user_id == self.name).cloned();
+                        members.extend(users);
+                        if let Some(me) = me {
+                            self.unique_id = Some(me.unique_id);
+                            break;
+                        }
+                        if n < MAX_USER_LIST {
                             break;
                         }
                     }
@@ -198,9 +208,7 @@ impl Client {
 
     /// Sends a chat message (its response comes with the notifications: see `chat_result`).
     pub fn say(&mut self, message: &str) {
-        self.send(&RoomChatRequest {
-            message: message.into(),
-        });
+        self.send(&RoomChatRequest::text(message));
     }
 
     /// Says `message` and reads its response (for a refused chat: no notification follows).
@@ -225,4 +233,9 @@ impl Client {
             }
         }
     }
+}
+
+/// The user ids of `members`, in order.
+pub fn names(members: &[RoomUser]) -> Vec<&str> {
+    members.iter().map(|m| m.user_id.as_str()).collect()
 }
