@@ -17,6 +17,8 @@ const RUN_LIMIT: Duration = Duration::from_secs(60);
 struct Echo;
 
 impl Handler for Echo {
+    type Session = ();
+
     fn on_receive(&self, ctx: &mut Context<'_>, session: SessionId, data: &[u8]) {
         let _ = ctx.send(session, data);
     }

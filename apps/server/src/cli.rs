@@ -69,6 +69,13 @@ pub struct ServerArgs {
     /// Seconds a closing session (and shutdown) may spend flushing its queue.
     #[arg(long, default_value_t = 5)]
     pub linger: u64,
+    /// Close a session from which nothing arrived for this many seconds (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub idle_timeout: u64,
+    /// TCP keepalive probes after this many seconds without traffic, so that peers whose
+    /// machine vanished are found (0: off) [default: off for echo, 60 for chat].
+    #[arg(long)]
+    pub tcp_keepalive: Option<u64>,
 }
 
 /// `iocp-server echo`.
@@ -113,7 +120,19 @@ pub struct ChatArgs {
     /// An unknown packet id or a malformed packet: `close` its session, or `ignore` the packet.
     #[arg(long, value_enum, default_value = "close")]
     pub bad_packet: BadPacketArg,
+    /// Close a connection that has not logged in within this many seconds (0: never).
+    #[arg(long, default_value_t = 10)]
+    pub login_timeout: u64,
 }
+
+/// `Some(secs)` unless 0.
+fn seconds(secs: u64) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_secs(secs))
+}
+
+/// TCP keepalive of the chat server unless `--tcp-keepalive` says otherwise: its client sends
+/// no heartbeat, so a member whose machine vanished is found this way.
+const CHAT_KEEPALIVE_SECS: u64 = 60;
 
 /// [`WhenFull`] on the command line.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -134,8 +153,9 @@ pub enum BadPacketArg {
 }
 
 impl ServerArgs {
-    /// The server configuration these flags describe.
-    pub fn config(&self) -> Config {
+    /// The server configuration these flags describe; TCP keepalive after `keepalive` seconds
+    /// unless the flag says otherwise.
+    pub fn config(&self, keepalive: u64) -> Config {
         let mut config = Config {
             addr: self.addr,
             max_sessions: self.max_sessions,
@@ -143,6 +163,8 @@ impl ServerArgs {
             backend: self.backend,
             linger: Duration::from_secs(self.linger),
             pin_workers: self.pin_workers,
+            idle_timeout: seconds(self.idle_timeout),
+            tcp_keepalive: seconds(self.tcp_keepalive.unwrap_or(keepalive)),
             ..Config::default()
         };
         if let Some(workers) = self.workers {
@@ -156,7 +178,8 @@ impl ChatArgs {
     /// The chat configuration these flags describe.
     pub fn config(&self) -> ChatConfig {
         ChatConfig {
-            server: self.server.config(),
+            server: self.server.config(CHAT_KEEPALIVE_SECS),
+            login_timeout: seconds(self.login_timeout),
             rooms: self.rooms,
             room_capacity: self.room_capacity,
             login_threads: self.login_threads as usize,
@@ -167,6 +190,7 @@ impl ChatArgs {
                     WhenFullArg::Wait => WhenFull::Wait,
                     WhenFullArg::Disconnect => WhenFull::Disconnect,
                 },
+                ..QueueOptions::default()
             },
             bad_packet: match self.bad_packet {
                 BadPacketArg::Close => BadPacket::Close,
@@ -201,7 +225,7 @@ pub fn main() -> ExitCode {
 fn run_echo(args: &EchoArgs) -> ExitCode {
     let signals = catch_signals();
     let server = match Server::start(
-        args.server.config(),
+        args.server.config(0),
         Echo {
             log_each: args.log_each,
         },

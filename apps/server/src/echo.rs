@@ -9,6 +9,8 @@ pub struct Echo {
 }
 
 impl Handler for Echo {
+    type Session = ();
+
     fn on_connect(&self, _ctx: &mut Context<'_>, session: SessionId, peer: std::net::SocketAddr) {
         tracing::debug!("[connect] session {} from {peer}", session.index);
     }

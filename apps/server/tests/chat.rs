@@ -38,23 +38,36 @@ fn login_right_wrong_unknown_duplicate() {
         "this session is logged in already"
     );
 
+    // Another connection logs in as alice: once the password checks out it replaces the first
+    // session, which is closed (the newest login wins).
     let mut other = Client::connect(addr);
     assert_eq!(
-        other.login("alice", PASSWORD),
-        ResultCode::LOGIN_USER_ALREADY,
-        "a second login of a logged-in user is refused"
+        other.login("alice", "wrong"),
+        ResultCode::LOGIN_USER_INVALID_PW
     );
-    assert_eq!(other.login("bob", PASSWORD), ResultCode::NONE);
-
-    // The first session keeps its login: it can chat.
-    let (r, _) = c.enter(0);
+    assert_eq!(
+        other.login("alice", PASSWORD),
+        ResultCode::NONE,
+        "a login of a logged-in user replaces its session"
+    );
+    c.expect_closed();
+    other.name = "alice".into();
+    assert_eq!(
+        other.login("bob", PASSWORD),
+        ResultCode::LOGIN_USER_ALREADY,
+        "this session is logged in already"
+    );
+    let (r, _) = other.enter(0);
     assert_eq!(r.result, ResultCode::NONE);
-    assert_eq!(c.chat("still me"), ResultCode::NONE);
+    assert_eq!(other.chat("it is me"), ResultCode::NONE);
 
+    eventually("the replaced session logged out", || {
+        server.stats().online == 1
+    });
     let stats = server.stats();
-    assert_eq!(stats.online, 2);
     assert_eq!(stats.logins, 2);
-    assert_eq!(stats.logins_refused, 6);
+    assert_eq!(stats.logins_replaced, 1);
+    assert_eq!(stats.logins_refused, 7);
     stop_within(server, STOP);
 }
 
@@ -717,5 +730,112 @@ fn the_tutorial_clients_conversation() {
         "no connection closed"
     );
     assert_eq!(server.handle().stats().open(), 2, "both still connected");
+    stop_within(server, STOP);
+}
+
+/// Connections that never log in are closed at the login timeout — also one that only echoes —
+/// while a logged-in user stays.
+#[test]
+fn connections_that_never_log_in_are_closed_at_the_login_timeout() {
+    let mut config = config(1, 4);
+    config.login_timeout = Some(Duration::from_millis(400));
+    let server = start(config, &["alice"]);
+    let addr = server.local_addr();
+    let started = std::time::Instant::now();
+    let mut idle: Vec<Client> = (0..40).map(|_| Client::connect(addr)).collect();
+    let mut echoing = Client::connect(addr);
+    let mut alice = Client::login_as(addr, "alice");
+    for _ in 0..3 {
+        echoing.send(&iocp_chat_protocol::DevEcho { data: vec![1] });
+        assert!(matches!(echoing.recv(), Packet::DevEcho(_)));
+    }
+    for c in idle.iter_mut().chain([&mut echoing]) {
+        c.expect_closed();
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+    eventually("the timeouts counted", || {
+        server.stats().login_timeouts == 41
+    });
+    eventually("the closes counted", || {
+        server
+            .handle()
+            .stats()
+            .closed_for(&CloseReason::Timeout(String::new()))
+            == 41
+    });
+    assert_eq!(
+        alice.enter(0).0.result,
+        ResultCode::NONE,
+        "alice is still served"
+    );
+    stop_within(server, STOP);
+}
+
+/// With an idle timeout, a member who sends nothing is closed and the room is told; a member
+/// who keeps sending (any packet counts, DEV_ECHO included) stays.
+#[test]
+fn an_idle_member_is_closed_and_the_room_notified() {
+    let mut config = config(1, 4);
+    config.server.idle_timeout = Some(Duration::from_millis(500));
+    let server = start(config, &["alice", "bob"]);
+    let addr = server.local_addr();
+    let mut alice = Client::login_as(addr, "alice");
+    let mut bob = Client::login_as(addr, "bob");
+    assert_eq!(alice.enter(0).0.result, ResultCode::NONE);
+    assert_eq!(bob.enter(0).0.result, ResultCode::NONE);
+    assert!(matches!(alice.recv(), Packet::RoomNewUserNotify(_)));
+    let bob_id = bob.unique_id.unwrap();
+    // Alice echoes every 100 ms for 1.5 s; bob reads but sends nothing.
+    let mut left = None;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        alice.send(&iocp_chat_protocol::DevEcho { data: vec![7] });
+        loop {
+            match alice.recv() {
+                Packet::DevEcho(_) => break,
+                Packet::RoomLeaveUserNotify(n) => left = Some((n.unique_id, started.elapsed())),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (who, when) = left.expect("alice was told that bob left");
+    assert_eq!(who, bob_id);
+    assert!(
+        when >= Duration::from_millis(500),
+        "bob closed after {when:?}"
+    );
+    bob.expect_closed();
+    eventually("bob's close counted", || {
+        server
+            .handle()
+            .stats()
+            .closed_for(&CloseReason::IdleTimeout)
+            == 1
+    });
+    assert_eq!(alice.chat("still here"), ResultCode::NONE);
+    stop_within(server, STOP);
+}
+
+/// A user whose connection just closed logs in again at once, every time: a disconnect the
+/// server has not seen yet cannot hold the login (the new session replaces the old one).
+#[test]
+fn login_again_right_after_closing_succeeds_every_time() {
+    let server = start(config(1, 4), &["alice"]);
+    let addr = server.local_addr();
+    for i in 0..100 {
+        let mut c = Client::connect(addr);
+        assert_eq!(c.login("alice", PASSWORD), ResultCode::NONE, "try {i}");
+        c.name = "alice".into();
+        if i % 2 == 0 {
+            assert_eq!(c.enter(0).0.result, ResultCode::NONE, "try {i}");
+        }
+        drop(c);
+    }
+    eventually("one alice online", || server.stats().online <= 1);
     stop_within(server, STOP);
 }

@@ -58,6 +58,10 @@ pub enum CloseMode {
     Flush,
     /// Stop receiving, cancel the send in flight, drop the queue and close.
     Abort,
+    /// As [`CloseMode::Abort`], and reset the connection (`SO_LINGER` 0: the peer gets a RST)
+    /// so that the kernel frees at once what it still holds for it, unsent bytes included
+    /// (a peer that stopped reading would otherwise keep them in `FIN-WAIT-1` for minutes).
+    Reset,
 }
 
 /// Why a connection refused an operation.
@@ -114,7 +118,8 @@ pub struct Io {
     finished: VecDeque<(ConnId, Option<io::Error>)>,
     /// Connections with nothing in flight any more, whose socket is closed once the backend has
     /// let go of it ([`Port::release`]); then [`Event::Closed`] is reported.
-    released: Vec<(ConnId, Option<io::Error>, Option<Socket>)>,
+    /// Finished connections to release: id, error, socket, whether to reset it.
+    released: Vec<(ConnId, Option<io::Error>, Option<Socket>, bool)>,
     arena: BytesMut,
     accept: Accept,
 }
@@ -142,18 +147,20 @@ struct Accept {
 
 /// Bits of [`Conn::flags`].
 mod flag {
-    pub const OPEN: u8 = 1;
+    pub const OPEN: u16 = 1;
     /// A receive is armed in the backend or about to be.
-    pub const RECV: u8 = 1 << 1;
+    pub const RECV: u16 = 1 << 1;
     /// The receive has been submitted (so cancelling it means asking the backend).
-    pub const RECV_SUBMITTED: u8 = 1 << 2;
+    pub const RECV_SUBMITTED: u16 = 1 << 2;
     /// A send is in flight in the backend or about to be.
-    pub const SEND: u8 = 1 << 3;
-    pub const SEND_SUBMITTED: u8 = 1 << 4;
+    pub const SEND: u16 = 1 << 3;
+    pub const SEND_SUBMITTED: u16 = 1 << 4;
     /// The peer finished sending; do not re-arm.
-    pub const READ_DONE: u8 = 1 << 5;
-    pub const CLOSING: u8 = 1 << 6;
-    pub const ABORT: u8 = 1 << 7;
+    pub const READ_DONE: u16 = 1 << 5;
+    pub const CLOSING: u16 = 1 << 6;
+    pub const ABORT: u16 = 1 << 7;
+    /// Reset the connection when it is released ([`super::CloseMode::Reset`]).
+    pub const RESET: u16 = 1 << 8;
 }
 
 #[derive(Default)]
@@ -162,7 +169,7 @@ struct Conn {
     /// descriptor ([`Port::adopt`]).
     socket: Option<Socket>,
     generation: u32,
-    flags: u8,
+    flags: u16,
     queue: SendQueue,
     error: Option<io::Error>,
 }
@@ -278,6 +285,15 @@ impl Io {
         Ok(())
     }
 
+    /// While accepting is paused after an error (a back-off: out of descriptors, say), when it
+    /// may resume. The driver does not wait for it by itself: whoever turns the driver must turn
+    /// again by then (the server keeps it as a timer), and the next turn re-arms the accept.
+    pub fn accept_paused_until(&self) -> Option<Instant> {
+        self.accept
+            .paused_until
+            .filter(|_| self.accept.wanted && !self.accept.armed)
+    }
+
     /// Stops accepting. Connections already accepted are not affected.
     pub fn stop_accepting(&mut self) {
         self.accept.wanted = false;
@@ -374,8 +390,10 @@ impl Io {
     pub fn close(&mut self, conn: ConnId, mode: CloseMode) -> Result<(), ConnError> {
         let c = self.get_mut(conn).ok_or(ConnError::Stale)?;
         let mut flags = c.flags | flag::CLOSING;
-        if mode == CloseMode::Abort {
-            flags |= flag::ABORT;
+        match mode {
+            CloseMode::Flush => {}
+            CloseMode::Abort => flags |= flag::ABORT,
+            CloseMode::Reset => flags |= flag::ABORT | flag::RESET,
         }
         if flags == c.flags {
             return Ok(());
@@ -385,7 +403,7 @@ impl Io {
         if was & flag::CLOSING == 0 && was & flag::RECV_SUBMITTED != 0 {
             self.ops.push(Pending::Cancel(conn, Op::Recv));
         }
-        if mode == CloseMode::Abort && was & flag::SEND_SUBMITTED != 0 {
+        if mode != CloseMode::Flush && was & flag::SEND_SUBMITTED != 0 {
             self.ops.push(Pending::Cancel(conn, Op::Send));
         }
         self.finish_if_done(conn.index);
@@ -411,13 +429,7 @@ impl Io {
         if !self.finished.is_empty() || !self.ops.is_empty() || !self.released.is_empty() {
             return Some(Duration::ZERO);
         }
-        match (self.accept.paused_until, self.accept.wanted) {
-            (Some(until), true) => {
-                let left = until.saturating_duration_since(Instant::now());
-                Some(timeout.map_or(left, |t| t.min(left)))
-            }
-            _ => timeout,
-        }
+        timeout
     }
 
     /// Hands the operations asked for since the last turn to the backend.
@@ -472,8 +484,15 @@ impl Io {
     /// Closes the sockets of finished connections, each after the backend let go of it, and
     /// queues their [`Event::Closed`].
     fn close_released(&mut self, port: &mut AnyPort) {
-        for (id, error, socket) in self.released.drain(..) {
-            port.release(id.index, socket);
+        for (id, error, socket, reset) in self.released.drain(..) {
+            if reset {
+                if let Some(socket) = &socket {
+                    if let Err(e) = socket.set_linger(Some(Duration::ZERO)) {
+                        tracing::debug!("connection {}: SO_LINGER 0: {e}", id.index);
+                    }
+                }
+            }
+            port.release(id.index, socket, reset);
             self.finished.push_back((id, error));
         }
     }
@@ -631,9 +650,10 @@ impl Io {
         };
         c.queue.clear();
         let socket = c.socket.take();
+        let reset = c.flags & flag::RESET != 0;
         c.flags = 0;
         c.generation = next_generation(c.generation);
-        self.released.push((id, c.error.take(), socket));
+        self.released.push((id, c.error.take(), socket, reset));
     }
 
     fn report_finished<F: FnMut(&mut Io, Event<'_>)>(&mut self, f: &mut F) {

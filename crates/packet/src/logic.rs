@@ -41,15 +41,14 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 
 use bytes::{Bytes, BytesMut};
 use iocp_server::{CloseReason, Config, Context, Handler, Server, ServerHandle, SessionId};
 use iocp_wire::{Frame, MAX_FRAME_LEN, TypedPacket};
 
-use crate::on_worker::no_slot;
-use crate::slots::{Slot, Slots};
+use crate::slots::PacketSession;
 use crate::table::Table;
 use crate::{BadPacket, PacketError, PacketOptions, PacketResult};
 
@@ -80,6 +79,12 @@ pub trait Logic: Send + 'static {
     /// A message posted with a [`LogicSender`].
     fn on_message(&mut self, ctx: &mut LogicContext<'_>, message: Self::Message) {
         let _ = (ctx, message);
+    }
+
+    /// The logic's tick, every [`QueueOptions::tick`] (when set): timed work — deadlines,
+    /// rounds, retries — on the logic thread, with no thread of its own.
+    fn on_tick(&mut self, ctx: &mut LogicContext<'_>) {
+        let _ = ctx;
     }
 }
 
@@ -131,7 +136,10 @@ impl LogicContext<'_> {
 /// What the I/O worker does when the logic queue is full. See the [module notes](self).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WhenFull {
-    /// Wait until the logic thread makes room: nothing is dropped, input slows down.
+    /// Wait until the logic thread makes room: nothing is dropped, input slows down. The worker
+    /// waits at most [`QueueOptions::max_wait`] for one packet (then the session is closed,
+    /// [`CloseReason::Overloaded`]), and not at all once the server is shutting down, so that a
+    /// stuck logic thread cannot freeze a worker's other sessions, timers or shutdown.
     #[default]
     Wait,
     /// Close the session whose packet does not fit ([`CloseReason::Protocol`], logged); its
@@ -146,14 +154,20 @@ pub struct QueueOptions {
     pub capacity: usize,
     /// What the I/O worker does when it is full.
     pub when_full: WhenFull,
+    /// With [`WhenFull::Wait`], the longest an I/O worker waits to queue one packet.
+    pub max_wait: std::time::Duration,
+    /// Call [`Logic::on_tick`] this often; `None`: never.
+    pub tick: Option<std::time::Duration>,
 }
 
 impl Default for QueueOptions {
-    /// 16,384 events, [`WhenFull::Wait`].
+    /// 16,384 events, [`WhenFull::Wait`] for up to 1 s, no tick.
     fn default() -> Self {
         QueueOptions {
             capacity: 16 * 1024,
             when_full: WhenFull::Wait,
+            max_wait: std::time::Duration::from_secs(1),
+            tick: None,
         }
     }
 }
@@ -215,6 +229,8 @@ enum Event<M> {
     /// so that their replies still go out.
     Close(SessionId, CloseReason),
     Message(M),
+    /// Never queued: the loop's own tick.
+    Tick,
     Stop,
 }
 
@@ -330,7 +346,7 @@ impl<L: Logic> LogicPackets<L> {
         let front = LogicFront {
             tx: tx.clone(),
             ids: self.table.ids(),
-            slots: Slots::new(options.max_sessions, options.max_frame_len),
+            max_frame_len: options.max_frame_len,
             bad_packet: options.bad_packet,
             queue,
             counters: counters.clone(),
@@ -340,6 +356,7 @@ impl<L: Logic> LogicPackets<L> {
             tx,
             table: self.table,
             bad_packet: options.bad_packet,
+            tick: queue.tick,
             counters,
         };
         (front, back)
@@ -395,7 +412,7 @@ pub struct LogicFront<M> {
     tx: SyncSender<Event<M>>,
     /// Registered ids, sorted: packets of other ids are refused here.
     ids: Vec<u16>,
-    slots: Slots,
+    max_frame_len: usize,
     bad_packet: BadPacket,
     queue: QueueOptions,
     counters: Arc<Counters>,
@@ -403,7 +420,7 @@ pub struct LogicFront<M> {
 
 impl<M: Send + 'static> LogicFront<M> {
     /// Queues a system event (connect, disconnect): always waits for room.
-    fn push_system(&self, ctx: &mut Context<'_>, event: Event<M>) -> bool {
+    fn push_system<S>(&self, ctx: &mut Context<'_, S>, event: Event<M>) -> bool {
         let event = match self.tx.try_send(event) {
             Ok(()) => return true,
             Err(TrySendError::Full(event)) => {
@@ -426,16 +443,20 @@ impl<M: Send + 'static> LogicFront<M> {
     /// was closed instead.
     fn push_packet(
         &self,
-        ctx: &mut Context<'_>,
-        slot: &mut Slot,
+        ctx: &mut Context<'_, PacketSession>,
         session: SessionId,
         frame: Bytes,
     ) -> bool {
-        let event = match self.tx.try_send(Event::Packet(session, frame)) {
+        let closing = |ctx: &mut Context<'_, PacketSession>| {
+            if let Some(state) = ctx.state(session) {
+                state.closing = true;
+            }
+        };
+        let mut event = match self.tx.try_send(Event::Packet(session, frame)) {
             Ok(()) => return true,
             Err(TrySendError::Full(event)) => event,
             Err(TrySendError::Disconnected(_)) => {
-                slot.closing = true;
+                closing(ctx);
                 self.logic_gone(ctx);
                 let _ = ctx.close_with(
                     session,
@@ -444,32 +465,52 @@ impl<M: Send + 'static> LogicFront<M> {
                 return false;
             }
         };
-        match self.queue.when_full {
+        let overloaded = match self.queue.when_full {
             WhenFull::Wait => {
                 bump(&self.counters.queue_full_waits);
-                if self.tx.send(event).is_ok() {
-                    return true;
+                // Wait for room, but not for ever: this worker's other sessions, its timers
+                // and a shutdown wait meanwhile.
+                let deadline = std::time::Instant::now() + self.queue.max_wait;
+                let mut pause = std::time::Duration::from_micros(50);
+                loop {
+                    match self.tx.try_send(event) {
+                        Ok(()) => return true,
+                        Err(TrySendError::Full(back)) => event = back,
+                        Err(TrySendError::Disconnected(_)) => {
+                            closing(ctx);
+                            self.logic_gone(ctx);
+                            return false;
+                        }
+                    }
+                    if ctx.handle().is_shutting_down() {
+                        closing(ctx);
+                        let _ = ctx.close_with(session, CloseReason::Shutdown);
+                        return false;
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        break format!(
+                            "logic queue full ({} events) for {:?}: the server is overloaded",
+                            self.queue.capacity, self.queue.max_wait
+                        );
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(5));
                 }
-                slot.closing = true;
-                self.logic_gone(ctx);
-                false
             }
-            WhenFull::Disconnect => {
-                bump(&self.counters.closed_queue_full);
-                slot.closing = true;
-                let why = format!(
-                    "logic queue full ({} events): the server is overloaded",
-                    self.queue.capacity
-                );
-                tracing::warn!("session {session}: {why}: closing it");
-                let _ = ctx.close_with(session, CloseReason::Overloaded(why));
-                false
-            }
-        }
+            WhenFull::Disconnect => format!(
+                "logic queue full ({} events): the server is overloaded",
+                self.queue.capacity
+            ),
+        };
+        bump(&self.counters.closed_queue_full);
+        closing(ctx);
+        tracing::warn!("session {session}: {overloaded}: closing it");
+        let _ = ctx.close_with(session, CloseReason::Overloaded(overloaded));
+        false
     }
 
     /// The logic thread has ended while the server runs: shut the server down (once).
-    fn logic_gone(&self, ctx: &mut Context<'_>) {
+    fn logic_gone<S>(&self, ctx: &mut Context<'_, S>) {
         if !self
             .counters
             .logic_gone_logged
@@ -485,7 +526,7 @@ impl<M: Send + 'static> LogicFront<M> {
     /// Closes `session` for bad input — through the queue, after the packets of `session`
     /// queued before it (their replies still go out). With [`WhenFull::Disconnect`] and the
     /// queue full, at once.
-    fn refuse(&self, ctx: &mut Context<'_>, session: SessionId, error: &PacketError) {
+    fn refuse<S>(&self, ctx: &mut Context<'_, S>, session: SessionId, error: &PacketError) {
         tracing::warn!("session {session}: {error}: closing it");
         let event = Event::Close(session, CloseReason::Protocol(error.to_string()));
         match (self.queue.when_full, self.tx.try_send(event)) {
@@ -510,19 +551,24 @@ impl<M: Send + 'static> LogicFront<M> {
 }
 
 impl<M: Send + 'static> Handler for LogicFront<M> {
-    fn on_connect(&self, ctx: &mut Context<'_>, session: SessionId, peer: SocketAddr) {
-        if !self.slots.open(session) {
-            no_slot(ctx, session);
-            return;
+    type Session = PacketSession;
+
+    fn on_connect(
+        &self,
+        ctx: &mut Context<'_, PacketSession>,
+        session: SessionId,
+        peer: SocketAddr,
+    ) {
+        if let Some(state) = ctx.state(session) {
+            state.open(self.max_frame_len);
         }
         self.push_system(ctx, Event::Connect(session, peer));
     }
 
-    fn on_receive(&self, ctx: &mut Context<'_>, session: SessionId, data: &[u8]) {
-        let Some(mut guard) = self.slots.get(session) else {
+    fn on_receive(&self, ctx: &mut Context<'_, PacketSession>, session: SessionId, data: &[u8]) {
+        let Some(slot) = ctx.state(session) else {
             return;
         };
-        let slot = &mut *guard;
         if slot.closing {
             bump(&self.counters.dropped_after_close);
             return;
@@ -557,32 +603,41 @@ impl<M: Send + 'static> Handler for LogicFront<M> {
             }
         }
         drop(frames);
+        if failure.is_some() {
+            slot.closing = true;
+        }
         let batch = batch.freeze();
         let mut at = 0;
         while at < batch.len() {
             let len = usize::from(u16::from_le_bytes([batch[at], batch[at + 1]]));
             let frame = batch.slice(at..at + len);
             at += len;
-            if !self.push_packet(ctx, slot, session, frame) {
+            if !self.push_packet(ctx, session, frame) {
                 return;
             }
         }
         if let Some(error) = failure {
-            slot.closing = true;
             self.refuse(ctx, session, &error);
         }
     }
 
     /// The peer sent all it will send: close the session through the queue, after the packets
     /// it sent before (their replies still go out, then the session closes).
-    fn on_read_closed(&self, ctx: &mut Context<'_>, session: SessionId) {
+    fn on_read_closed(&self, ctx: &mut Context<'_, PacketSession>, session: SessionId) {
         if !self.push_system(ctx, Event::Close(session, CloseReason::PeerClosed)) {
             let _ = ctx.close_with(session, CloseReason::PeerClosed);
         }
     }
 
-    fn on_close(&self, ctx: &mut Context<'_>, session: SessionId, reason: CloseReason) {
-        self.slots.close(session);
+    fn on_close(
+        &self,
+        ctx: &mut Context<'_, PacketSession>,
+        session: SessionId,
+        reason: CloseReason,
+    ) {
+        if let Some(state) = ctx.state(session) {
+            state.closing = true;
+        }
         self.push_system(ctx, Event::Disconnect(session, reason));
     }
 }
@@ -593,6 +648,7 @@ pub struct LogicBack<L: Logic> {
     tx: SyncSender<Event<L::Message>>,
     table: Table<LogicFn<L>>,
     bad_packet: BadPacket,
+    tick: Option<std::time::Duration>,
     counters: Arc<Counters>,
 }
 
@@ -612,6 +668,7 @@ impl<L: Logic> LogicBack<L> {
             tx,
             table,
             bad_packet,
+            tick,
             counters,
         } = self;
         let thread_counters = counters.clone();
@@ -624,6 +681,7 @@ impl<L: Logic> LogicBack<L> {
                     &handle,
                     &table,
                     bad_packet,
+                    tick,
                     &thread_counters,
                     &mut logic,
                 );
@@ -645,18 +703,42 @@ fn run<L: Logic>(
     handle: &ServerHandle,
     table: &Table<LogicFn<L>>,
     bad_packet: BadPacket,
+    tick: Option<std::time::Duration>,
     counters: &Counters,
     logic: &mut L,
 ) {
     let mut closing = HashSet::new();
     // Only this thread writes these two: a plain load and store, no locked instruction.
     let count = |c: &AtomicU64| c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    let mut next_tick = tick.map(|t| std::time::Instant::now() + t);
     loop {
-        let event = match rx.recv() {
-            Ok(Event::Stop) | Err(_) => break,
-            Ok(event) => event,
+        let received = match next_tick {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(at) => rx.recv_timeout(at.saturating_duration_since(std::time::Instant::now())),
         };
-        count(&counters.events);
+        let event = match received {
+            Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+            Ok(event) => event,
+            Err(RecvTimeoutError::Timeout) => Event::Tick,
+        };
+        if let (Event::Tick, Some(t)) = (&event, tick) {
+            next_tick = Some(std::time::Instant::now() + t);
+        } else if next_tick.is_some_and(|at| at <= std::time::Instant::now()) {
+            // Events kept the queue busy past the tick: tick now, then this event.
+            next_tick = tick.map(|t| std::time::Instant::now() + t);
+            let mut ctx = LogicContext {
+                handle,
+                closing: &mut closing,
+            };
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| logic.on_tick(&mut ctx)))
+                .is_err()
+            {
+                tracing::error!("the logic's on_tick panicked; going on");
+            }
+        }
+        if !matches!(event, Event::Tick) {
+            count(&counters.events);
+        }
         let mut ctx = LogicContext {
             handle,
             closing: &mut closing,
@@ -702,6 +784,7 @@ fn run<L: Logic>(
                 let _ = ctx.close_with(session, reason);
             }
             Event::Message(message) => logic.on_message(&mut ctx, message),
+            Event::Tick => logic.on_tick(&mut ctx),
             Event::Stop => unreachable!("handled above"),
         }));
         if caught.is_err() {

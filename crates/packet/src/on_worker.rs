@@ -33,7 +33,7 @@ use std::net::SocketAddr;
 use iocp_server::{CloseReason, Context, Handler, SessionId};
 use iocp_wire::{Frame, TypedPacket};
 
-use crate::slots::Slots;
+use crate::slots::PacketSession;
 use crate::table::Table;
 use crate::{BadPacket, PacketError, PacketOptions, PacketResult};
 
@@ -108,7 +108,7 @@ impl<S: WorkerLogic> WorkerPackets<S> {
     /// The [`Handler`] to start the server with.
     pub fn build(self, options: PacketOptions) -> WorkerHandler<S> {
         WorkerHandler {
-            slots: Slots::new(options.max_sessions, options.max_frame_len),
+            max_frame_len: options.max_frame_len,
             bad_packet: options.bad_packet,
             state: self.state,
             table: self.table,
@@ -121,72 +121,81 @@ impl<S: WorkerLogic> WorkerPackets<S> {
 pub struct WorkerHandler<S> {
     state: S,
     table: Table<WorkerFn<S>>,
-    slots: Slots,
+    max_frame_len: usize,
     bad_packet: BadPacket,
 }
 
 impl<S: WorkerLogic> Handler for WorkerHandler<S> {
-    fn on_connect(&self, ctx: &mut Context<'_>, session: SessionId, peer: SocketAddr) {
-        if !self.slots.open(session) {
-            no_slot(ctx, session);
-            return;
+    type Session = PacketSession;
+
+    fn on_connect(
+        &self,
+        ctx: &mut Context<'_, PacketSession>,
+        session: SessionId,
+        peer: SocketAddr,
+    ) {
+        if let Some(state) = ctx.state(session) {
+            state.open(self.max_frame_len);
         }
-        self.state.on_connect(ctx, session, peer);
+        ctx.with_state(PacketSession::user, |ctx| {
+            self.state.on_connect(ctx, session, peer)
+        });
     }
 
-    fn on_receive(&self, ctx: &mut Context<'_>, session: SessionId, data: &[u8]) {
-        let Some(mut guard) = self.slots.get(session) else {
-            return;
+    fn on_receive(&self, ctx: &mut Context<'_, PacketSession>, session: SessionId, data: &[u8]) {
+        // The decoder is taken out of the session's state while the handlers run with the
+        // context (they may reach the states), and put back after.
+        let mut decoder = match ctx.state(session) {
+            Some(state) if !state.closing => std::mem::take(&mut state.decoder),
+            _ => return,
         };
-        let slot = &mut *guard;
-        if slot.closing {
-            return;
-        }
-        let mut frames = slot.decoder.feed(data);
-        loop {
-            let error = match frames.next_frame() {
-                Ok(Some(frame)) => match self.table.get(frame.id()) {
-                    Some(handler) => match handler(&self.state, ctx, session, frame) {
-                        Ok(()) => continue,
-                        Err(e) => e,
+        let mut failed = None;
+        let mut frames = decoder.feed(data);
+        ctx.with_state(PacketSession::user, |ctx| {
+            loop {
+                let error = match frames.next_frame() {
+                    Ok(Some(frame)) => match self.table.get(frame.id()) {
+                        Some(handler) => match handler(&self.state, ctx, session, frame) {
+                            Ok(()) => continue,
+                            Err(e) => e,
+                        },
+                        None => PacketError::UnknownId { id: frame.id() },
                     },
-                    None => PacketError::UnknownId { id: frame.id() },
-                },
-                Ok(None) => break,
-                Err(e) => PacketError::Frame(e),
-            };
-            if self.bad_packet == BadPacket::Ignore && !error.is_framing() {
-                tracing::debug!("session {session}: {error}: packet ignored");
-                continue;
+                    Ok(None) => break,
+                    Err(e) => PacketError::Frame(e),
+                };
+                if self.bad_packet == BadPacket::Ignore && !error.is_framing() {
+                    tracing::debug!("session {session}: {error}: packet ignored");
+                    continue;
+                }
+                failed = Some(error);
+                break;
             }
-            drop(frames);
-            slot.closing = true;
+        });
+        drop(frames);
+        if let Some(state) = ctx.state(session) {
+            state.decoder = decoder;
+            state.closing |= failed.is_some();
+        }
+        if let Some(error) = failed {
             refuse(ctx, session, &error);
-            return;
         }
     }
 
-    fn on_close(&self, ctx: &mut Context<'_>, session: SessionId, reason: CloseReason) {
-        self.slots.close(session);
-        self.state.on_close(ctx, session, reason);
+    fn on_close(
+        &self,
+        ctx: &mut Context<'_, PacketSession>,
+        session: SessionId,
+        reason: CloseReason,
+    ) {
+        ctx.with_state(PacketSession::user, |ctx| {
+            self.state.on_close(ctx, session, reason)
+        });
     }
 }
 
 /// Closes `session` for `error`, with a log line.
-pub(crate) fn refuse(ctx: &mut Context<'_>, session: SessionId, error: &PacketError) {
+pub(crate) fn refuse<S>(ctx: &mut Context<'_, S>, session: SessionId, error: &PacketError) {
     tracing::warn!("session {session}: {error}: closing it");
     let _ = ctx.close_with(session, CloseReason::Protocol(error.to_string()));
-}
-
-/// A session in a slot the packet manager has no decoder for: configuration error.
-pub(crate) fn no_slot(ctx: &mut Context<'_>, session: SessionId) {
-    tracing::error!(
-        "session {session}: no decoder for slot {} (PacketOptions::max_sessions is below the \
-         server's max_sessions): closing it",
-        session.index
-    );
-    let _ = ctx.close_with(
-        session,
-        CloseReason::Protocol("no packet decoder for this session slot".into()),
-    );
 }

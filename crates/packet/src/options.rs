@@ -8,9 +8,6 @@ use crate::BadPacket;
 /// Settings of the packet manager, in either mode.
 #[derive(Clone, Debug)]
 pub struct PacketOptions {
-    /// Session slots to make decoders for: the server's [`Config::max_sessions`]. A session in
-    /// a slot beyond them is closed at once (a configuration error, logged).
-    pub max_sessions: u32,
     /// The largest frame accepted, header included; a longer one closes its session
     /// ([`iocp_wire::FrameError::FrameTooLarge`]). At most [`iocp_wire::MAX_FRAME_LEN`].
     pub max_frame_len: usize,
@@ -19,11 +16,11 @@ pub struct PacketOptions {
 }
 
 impl PacketOptions {
-    /// Options for a server started with `config`: its `max_sessions`, frames of up to
-    /// [`DEFAULT_MAX_FRAME_LEN`] bytes, and [`BadPacket::Close`].
+    /// Options for a server started with `config`: frames of up to [`DEFAULT_MAX_FRAME_LEN`]
+    /// bytes, and [`BadPacket::Close`].
     pub fn for_config(config: &Config) -> PacketOptions {
+        let _ = config;
         PacketOptions {
-            max_sessions: config.max_sessions,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             bad_packet: BadPacket::Close,
         }

@@ -218,6 +218,8 @@ fn full_queue_waits_and_drops_nothing() {
     let queue = QueueOptions {
         capacity: 4,
         when_full: WhenFull::Wait,
+        max_wait: std::time::Duration::from_secs(30),
+        ..QueueOptions::default()
     };
     let (server, seen) = start(gate.clone(), queue, BadPacket::Close);
     let mut c = Client::connect(server.local_addr());
@@ -264,6 +266,7 @@ fn full_queue_disconnects_the_sender() {
     let queue = QueueOptions {
         capacity: 4,
         when_full: WhenFull::Disconnect,
+        ..QueueOptions::default()
     };
     let (server, seen) = start(gate.clone(), queue, BadPacket::Close);
     let addr = server.local_addr();

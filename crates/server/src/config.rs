@@ -43,6 +43,15 @@ pub struct Config {
     pub accept_depth: u32,
     /// io_uring features to turn off (for testing the fall-back paths).
     pub uring: UringOptions,
+    /// Close a session from which nothing arrived for this long
+    /// ([`crate::CloseReason::IdleTimeout`]); `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// TCP keepalive on every session: probes after this long without traffic, so that a peer
+    /// whose machine vanished is found without any application traffic (the session then ends
+    /// with an I/O error); `None`: off.
+    pub tcp_keepalive: Option<Duration>,
+    /// Call [`crate::Handler::on_tick`] on every worker this often; `None`: never.
+    pub tick: Option<Duration>,
 }
 
 impl Default for Config {
@@ -62,6 +71,9 @@ impl Default for Config {
             ring_entries: 1024,
             accept_depth: 32,
             uring: UringOptions::default(),
+            idle_timeout: None,
+            tcp_keepalive: None,
+            tick: None,
         }
     }
 }

@@ -6,6 +6,7 @@ use crate::session::SessionId;
 
 /// What can go wrong when using the server.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Error {
     /// The session is closed (or closing): its id is stale, and nothing is delivered to whoever
     /// holds its slot now.
@@ -13,8 +14,11 @@ pub enum Error {
     /// The session's send queue passed its limit; the session is being disconnected
     /// ([`crate::CloseReason::SendQueueFull`]).
     SendQueueFull(SessionId),
-    /// The server is shutting down.
-    ShuttingDown,
+    /// The session belongs to another worker, and what was asked can only be done on its own
+    /// ([`crate::Context::set_timer`]).
+    NotOwned(SessionId),
+    /// A worker thread failed to start or panicked.
+    WorkerFailed(String),
     /// Configuration that cannot work.
     Config(String),
     /// An I/O error of the server itself (not of one session).
@@ -39,7 +43,8 @@ impl std::fmt::Display for Error {
                     "session {id} passed its send queue limit and is disconnected"
                 )
             }
-            Error::ShuttingDown => f.write_str("the server is shutting down"),
+            Error::NotOwned(id) => write!(f, "session {id} belongs to another worker"),
+            Error::WorkerFailed(why) => write!(f, "worker failed: {why}"),
             Error::Config(msg) => write!(f, "invalid configuration: {msg}"),
             Error::Io { op, source } => write!(f, "{op}: {source}"),
         }

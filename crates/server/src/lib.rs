@@ -17,6 +17,8 @@
 //! struct Echo;
 //!
 //! impl Handler for Echo {
+//!     type Session = (); // the handler's own state per session: none here
+//!
 //!     fn on_receive(&self, ctx: &mut Context<'_>, session: SessionId, data: &[u8]) {
 //!         // A client that does not read is disconnected at the queue limit; nothing to do here.
 //!         let _ = ctx.send(session, data);
@@ -42,17 +44,24 @@
 
 mod config;
 mod error;
+mod handle;
 mod handler;
+mod inbox;
+mod local;
+mod pool;
 mod server;
 mod session;
 mod stats;
+mod timer;
 mod worker;
 
 pub use bytes::Bytes;
 pub use config::Config;
 pub use error::{Error, Result};
+pub use handle::ServerHandle;
 pub use handler::{Context, Handler};
 pub use iocp_driver::{Backend, BackendChoice, Features, UringOptions};
-pub use server::{Server, ServerHandle};
+pub use server::Server;
 pub use session::{CloseReason, SessionId};
 pub use stats::Stats;
+pub use timer::TimerId;

@@ -1,247 +1,19 @@
 //! Starting, reaching and stopping the server.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use bytes::Bytes;
-use iocp_driver::{Backend, Features, Waker};
+use iocp_driver::{Backend, Features};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::config::Config;
 use crate::error::{Context as _, Error, Result};
+use crate::handle::ServerHandle;
 use crate::handler::Handler;
-use crate::session::{CloseReason, SessionId, SlotTable};
-use crate::stats::{Stats, WorkerStats};
+use crate::pool::Shared;
 use crate::worker;
-
-/// Work handed to a worker by another thread.
-pub(crate) enum Command {
-    Send(SessionId, Bytes),
-    Close(SessionId, CloseReason),
-    /// A connection accepted by another worker, for a slot of this one.
-    Adopt(u32, Socket),
-    Broadcast(Bytes),
-    Shutdown,
-}
-
-/// A worker's queue of [`Command`]s, and the wake-up that goes with it (the seed's
-/// `PostQueuedCompletionStatus`).
-pub(crate) struct Inbox {
-    queue: Mutex<Vec<Command>>,
-    /// A wake-up is pending: later pushes need not wake again.
-    notified: AtomicBool,
-    waker: OnceLock<Waker>,
-}
-
-impl Inbox {
-    fn new() -> Inbox {
-        Inbox {
-            queue: Mutex::new(Vec::new()),
-            notified: AtomicBool::new(false),
-            waker: OnceLock::new(),
-        }
-    }
-
-    /// Sets the worker's wake-up, and wakes it once: a command pushed before the waker existed
-    /// woke nobody, and the worker must not wait for it.
-    pub(crate) fn set_waker(&self, waker: Waker) {
-        let _ = self.waker.set(waker);
-        if let Some(waker) = self.waker.get() {
-            if let Err(e) = waker.wake() {
-                tracing::error!("waking a worker failed: {e}");
-            }
-        }
-    }
-
-    pub(crate) fn push(&self, command: Command) {
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(command);
-        if !self.notified.swap(true, Ordering::AcqRel) {
-            if let Some(waker) = self.waker.get() {
-                if let Err(e) = waker.wake() {
-                    tracing::error!("waking a worker failed: {e}");
-                }
-            }
-        }
-    }
-
-    /// Moves the queued commands into `out` (which should be empty). Cheap when nothing is queued.
-    pub(crate) fn take(&self, out: &mut Vec<Command>) {
-        if self.notified.swap(false, Ordering::AcqRel) {
-            std::mem::swap(
-                &mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()),
-                out,
-            );
-        }
-    }
-}
-
-/// What every thread of the server shares.
-pub(crate) struct Shared {
-    pub(crate) config: Config,
-    pub(crate) slots: SlotTable,
-    /// Free slot indices of each worker (local to that worker).
-    free: Vec<Mutex<Vec<u32>>>,
-    pub(crate) inboxes: Vec<Inbox>,
-    pub(crate) stats: Vec<WorkerStats>,
-    shutdown: AtomicBool,
-    stopped: (Mutex<bool>, Condvar),
-    /// Whether the workers may start (every one of them is ready), once decided.
-    go: (Mutex<Option<bool>>, Condvar),
-    next_worker: AtomicUsize,
-}
-
-impl Shared {
-    pub(crate) fn workers(&self) -> usize {
-        self.inboxes.len()
-    }
-
-    /// Takes a free slot for a new connection, spreading connections over the workers in turn.
-    /// `None` when the pool is full.
-    pub(crate) fn take_slot(&self) -> Option<(usize, u32)> {
-        let n = self.workers();
-        let start = self.next_worker.fetch_add(1, Ordering::Relaxed) % n;
-        (0..n).map(|i| (start + i) % n).find_map(|w| {
-            let index = self.free[w]
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop()?;
-            Some((w, index))
-        })
-    }
-
-    pub(crate) fn free_slot(&self, worker: usize, index: u32) {
-        self.free[worker]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(index);
-    }
-
-    /// Waits until every worker is ready (or one failed): no worker accepts a connection before
-    /// every worker can take one. Returns whether to run.
-    pub(crate) fn wait_for_go(&self) -> bool {
-        let (lock, cvar) = &self.go;
-        let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-        let guard = cvar
-            .wait_while(guard, |go| go.is_none())
-            .unwrap_or_else(|e| e.into_inner());
-        guard.unwrap_or(false)
-    }
-
-    fn set_go(&self, go: bool) {
-        let (lock, cvar) = &self.go;
-        *lock.lock().unwrap_or_else(|e| e.into_inner()) = Some(go);
-        cvar.notify_all();
-    }
-
-    pub(crate) fn is_shutting_down(&self) -> bool {
-        self.shutdown.load(Ordering::Acquire)
-    }
-
-    fn inbox_of(&self, session: SessionId) -> Result<&Inbox> {
-        if !self.slots.is_open(session) {
-            return Err(Error::SessionClosed(session));
-        }
-        Ok(&self.inboxes[self.slots.owner(session.index).0])
-    }
-}
-
-/// A cloneable handle to a running server, usable from any thread (threads the server did not
-/// create included).
-#[derive(Clone)]
-pub struct ServerHandle {
-    pub(crate) shared: Arc<Shared>,
-}
-
-impl ServerHandle {
-    /// Queues a copy of `data` for `session` (the seed's `SendMsg(client_index, size, data)`).
-    ///
-    /// A closed or stale session is refused with [`Error::SessionClosed`]. The bytes are handed
-    /// to the session's worker, which checks the id again before queueing them, so they never
-    /// reach a later client of the same slot.
-    pub fn send(&self, session: SessionId, data: &[u8]) -> Result<()> {
-        self.send_bytes(session, Bytes::copy_from_slice(data))
-    }
-
-    /// Queues shared bytes for `session`, without copying them.
-    pub fn send_bytes(&self, session: SessionId, data: Bytes) -> Result<()> {
-        self.shared
-            .inbox_of(session)?
-            .push(Command::Send(session, data));
-        Ok(())
-    }
-
-    /// Sends the same bytes to every open session (one command per worker, no copy per session).
-    pub fn broadcast(&self, data: Bytes) {
-        for inbox in &self.shared.inboxes {
-            inbox.push(Command::Broadcast(data.clone()));
-        }
-    }
-
-    /// Closes `session` after what is queued for it has been sent.
-    pub fn close(&self, session: SessionId) -> Result<()> {
-        self.close_with(session, CloseReason::Closed)
-    }
-
-    /// Closes `session` with `reason`, after what is queued for it has been sent.
-    pub fn close_with(&self, session: SessionId, reason: CloseReason) -> Result<()> {
-        self.shared
-            .inbox_of(session)?
-            .push(Command::Close(session, reason));
-        Ok(())
-    }
-
-    /// Whether `session` is open.
-    pub fn is_open(&self, session: SessionId) -> bool {
-        self.shared.slots.is_open(session)
-    }
-
-    /// Every open session, at this moment.
-    pub fn sessions(&self) -> Vec<SessionId> {
-        self.shared.slots.open_sessions()
-    }
-
-    /// The server's counters.
-    pub fn stats(&self) -> Stats {
-        Stats::sum(&self.shared.stats)
-    }
-
-    /// Starts a graceful shutdown: stop accepting, flush every session's queue (up to
-    /// [`Config::linger`]), close every session (`on_close` is called for each), and end the
-    /// worker threads. Returns at once; [`Server::join`] waits for the end.
-    pub fn shutdown(&self) {
-        if self.shared.shutdown.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        for inbox in &self.shared.inboxes {
-            inbox.push(Command::Shutdown);
-        }
-        let (lock, cvar) = &self.shared.stopped;
-        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        cvar.notify_all();
-    }
-
-    /// Whether shutdown has started.
-    pub fn is_shutting_down(&self) -> bool {
-        self.shared.is_shutting_down()
-    }
-
-    /// Waits up to `timeout` for shutdown to be asked for; returns whether it was.
-    pub fn wait_for_shutdown(&self, timeout: Duration) -> bool {
-        let (lock, cvar) = &self.shared.stopped;
-        let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-        let (guard, _) = cvar
-            .wait_timeout_while(guard, timeout, |stopped| !*stopped)
-            .unwrap_or_else(|e| e.into_inner());
-        *guard
-    }
-}
 
 /// A running server: the listening socket, the session pool and the worker threads.
 ///
@@ -250,6 +22,7 @@ impl ServerHandle {
 ///
 /// struct Echo;
 /// impl Handler for Echo {
+///     type Session = ();
 ///     fn on_receive(&self, ctx: &mut Context<'_>, session: SessionId, data: &[u8]) {
 ///         let _ = ctx.send(session, data);
 ///     }
@@ -286,26 +59,7 @@ impl Server {
             .as_socket()
             .expect("an inet socket has an inet address");
 
-        let slots = SlotTable::new(config.max_sessions, workers as u32);
-        let per_worker = slots.per_worker();
-        let free = (0..workers)
-            .map(|w| {
-                let first = w as u32 * per_worker;
-                let count = per_worker.min(slots.len().saturating_sub(first));
-                Mutex::new((0..count).rev().collect())
-            })
-            .collect();
-        let shared = Arc::new(Shared {
-            slots,
-            free,
-            inboxes: (0..workers).map(|_| Inbox::new()).collect(),
-            stats: (0..workers).map(|_| WorkerStats::default()).collect(),
-            shutdown: AtomicBool::new(false),
-            stopped: (Mutex::new(false), Condvar::new()),
-            go: (Mutex::new(None), Condvar::new()),
-            next_worker: AtomicUsize::new(0),
-            config,
-        });
+        let shared = Arc::new(Shared::new(config, workers));
         let handle = ServerHandle { shared };
         let handler = Arc::new(handler);
 
@@ -337,7 +91,8 @@ impl Server {
                     failure.get_or_insert(e);
                 }
                 Err(_) => {
-                    failure.get_or_insert(Error::Config("a worker thread died at start".into()));
+                    failure
+                        .get_or_insert(Error::WorkerFailed("a worker thread died at start".into()));
                 }
             }
         }
@@ -400,7 +155,7 @@ impl Server {
         for thread in self.threads {
             let r = thread
                 .join()
-                .unwrap_or_else(|_| Err(Error::Config("a worker thread panicked".into())));
+                .unwrap_or_else(|_| Err(Error::WorkerFailed("a worker thread panicked".into())));
             if result.is_ok() {
                 result = r;
             }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// The generation is bumped each time the slot is freed, so an id kept after its session closed is
 /// refused ([`crate::Error::SessionClosed`]) instead of reaching the next client in the slot. (The
 /// generation has 24 bits: an id would only alias after 16 million reuses of its slot.)
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct SessionId {
     /// Index in the session pool, `0..max_sessions` (the seed's `client_index`).
     pub index: u32,
@@ -46,11 +46,16 @@ pub enum CloseReason {
     /// The application could not keep up with this session (a full queue to its logic thread,
     /// say); the text says what was full.
     Overloaded(String),
+    /// Nothing arrived from the peer for [`crate::Config::idle_timeout`].
+    IdleTimeout,
+    /// A deadline of the application passed (a login that did not come in time, say); the text
+    /// says which.
+    Timeout(String),
 }
 
 impl CloseReason {
     /// Number of distinct kinds, for statistics.
-    pub const KINDS: usize = 9;
+    pub const KINDS: usize = 11;
 
     /// A small index per kind, for statistics.
     pub fn kind_index(&self) -> usize {
@@ -64,12 +69,15 @@ impl CloseReason {
             CloseReason::Shutdown => 6,
             CloseReason::HandlerPanicked => 7,
             CloseReason::Overloaded(_) => 8,
+            CloseReason::IdleTimeout => 9,
+            CloseReason::Timeout(_) => 10,
         }
     }
 
     /// Short names of the kinds, in [`CloseReason::kind_index`] order.
     pub const KIND_NAMES: [&'static str; Self::KINDS] = [
         "peer", "reset", "error", "queue", "app", "protocol", "shutdown", "panic", "overload",
+        "idle", "timeout",
     ];
 
     pub(crate) fn from_io(error: &io::Error) -> CloseReason {
@@ -94,6 +102,8 @@ impl fmt::Display for CloseReason {
             CloseReason::Shutdown => f.write_str("server shutdown"),
             CloseReason::HandlerPanicked => f.write_str("the handler panicked"),
             CloseReason::Overloaded(why) => write!(f, "overloaded: {why}"),
+            CloseReason::IdleTimeout => f.write_str("idle timeout (nothing received)"),
+            CloseReason::Timeout(why) => write!(f, "timeout: {why}"),
         }
     }
 }

@@ -1,194 +1,95 @@
 //! A worker thread: one completion port, its share of the session pool, and the loop that turns
-//! completions into handler calls (the seed's `WokerThread` on `GetQueuedCompletionStatus`).
+//! completions, commands and timers into handler calls (the seed's `WokerThread` on
+//! `GetQueuedCompletionStatus`).
 
-use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use iocp_driver::{
-    Backend, CloseMode, Config as DriverConfig, ConnId, Driver, Event, Features, Io,
-};
-use socket2::Socket;
+use iocp_driver::{Backend, CloseMode, Config as DriverConfig, Driver, Event, Features, Io};
+use socket2::{Socket, TcpKeepalive};
 
 use crate::error::{Error, Result};
+use crate::handle::ServerHandle;
 use crate::handler::{Context, Handler};
-use crate::server::{Command, ServerHandle, Shared};
+use crate::inbox::Command;
+use crate::local::{Fired, Local, Payload};
 use crate::session::{CloseReason, SessionId};
-
-/// Bytes to send: borrowed (copied into the send queue) or shared.
-pub(crate) enum Payload<'a> {
-    Copy(&'a [u8]),
-    Shared(Bytes),
-}
 
 /// Refused connections and accept errors are logged at most this often per worker.
 const LOG_INTERVAL: Duration = Duration::from_secs(1);
 
-/// What a worker calls into: the application's handler, and the handle its callbacks get.
-pub(crate) struct App<'a, H> {
+/// A worker: its own state, the handler's state of each session, and what it calls into.
+struct Worker<'a, H: Handler> {
+    local: Local,
+    states: Vec<H::Session>,
     handler: &'a H,
     handle: &'a ServerHandle,
-}
-
-impl<H> Clone for App<'_, H> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<H> Copy for App<'_, H> {}
-
-/// The part of a worker that callbacks reach through [`Context`].
-pub(crate) struct Local {
-    worker: usize,
-    /// Global index of this worker's first slot.
-    base: u32,
-    shared: Arc<Shared>,
-    /// Why each slot's session is closing, once that is decided.
-    reasons: Vec<Option<CloseReason>>,
-    /// Sessions flushing before close, with the time after which they are cut off.
-    lingering: VecDeque<(ConnId, Instant)>,
-    open: usize,
-    shutting_down: bool,
     refused_since_log: u64,
     last_refusal_log: Option<Instant>,
     last_accept_error_log: Option<Instant>,
 }
 
-impl Local {
-    pub(crate) fn worker(&self) -> usize {
-        self.worker
-    }
-
-    /// Whether `session`'s slot belongs to this worker.
-    #[inline]
-    pub(crate) fn owns(&self, session: SessionId) -> bool {
-        session.index.wrapping_sub(self.base) < self.reasons.len() as u32
-    }
-
-    #[inline]
-    pub(crate) fn conn(&self, session: SessionId) -> ConnId {
-        ConnId {
-            index: session.index - self.base,
-            generation: session.generation,
-        }
-    }
-
-    #[inline]
-    fn session(&self, conn: ConnId) -> SessionId {
-        SessionId {
-            index: self.base + conn.index,
-            generation: conn.generation,
-        }
-    }
-
-    fn stats(&self) -> &crate::stats::WorkerStats {
-        &self.shared.stats[self.worker]
-    }
-
-    /// Queues bytes on a session of this worker, enforcing the queue limit.
-    pub(crate) fn send(
+impl<H: Handler> Worker<'_, H> {
+    /// Runs a callback. A panic in it costs `session` only (when there is one): it is caught,
+    /// logged, and the session is closed ([`CloseReason::HandlerPanicked`]).
+    fn call(
         &mut self,
         io: &mut Io,
-        session: SessionId,
-        payload: Payload<'_>,
-    ) -> Result<()> {
-        let conn = self.conn(session);
-        let (len, queued) = match payload {
-            Payload::Copy(data) => (data.len(), io.send_copy(conn, data)),
-            Payload::Shared(bytes) => (bytes.len(), io.send(conn, bytes)),
+        session: Option<SessionId>,
+        f: impl FnOnce(&H, &mut Context<'_, H::Session>),
+    ) {
+        let handler = self.handler;
+        let mut ctx = Context {
+            io,
+            local: &mut self.local,
+            states: &mut self.states,
+            handle: self.handle,
         };
-        let queued = queued.map_err(|_| Error::SessionClosed(session))?;
-        self.stats().sent(len);
-        let limit = self.shared.config.send_queue_limit;
-        if queued > limit {
-            tracing::warn!(
-                "session {session}: {queued} bytes queued, over the limit of {limit}: disconnecting"
-            );
-            self.close_conn(io, conn, CloseReason::SendQueueFull, CloseMode::Abort);
-            return Err(Error::SendQueueFull(session));
-        }
-        Ok(())
-    }
-
-    /// Closes a session of this worker after its queue is flushed.
-    pub(crate) fn close(
-        &mut self,
-        io: &mut Io,
-        session: SessionId,
-        reason: CloseReason,
-    ) -> Result<()> {
-        let conn = self.conn(session);
-        if !io.is_open(conn) && io.queued(conn).is_none() {
-            return Err(Error::SessionClosed(session));
-        }
-        self.close_conn(io, conn, reason, CloseMode::Flush);
-        Ok(())
-    }
-
-    fn close_conn(&mut self, io: &mut Io, conn: ConnId, reason: CloseReason, mode: CloseMode) {
-        if io.close(conn, mode).is_err() {
-            return;
-        }
-        let slot = &mut self.reasons[conn.index as usize];
-        if slot.is_none() {
-            *slot = Some(reason);
-        }
-        if mode == CloseMode::Flush {
-            let deadline = Instant::now() + self.shared.config.linger;
-            self.lingering.push_back((conn, deadline));
-        }
-    }
-
-    /// Cuts off sessions that did not finish flushing in time.
-    fn expire_lingering(&mut self, io: &mut Io) {
-        let now = Instant::now();
-        while let Some(&(conn, deadline)) = self.lingering.front() {
-            if deadline > now {
-                break;
-            }
-            self.lingering.pop_front();
-            if io.queued(conn).is_some() {
-                tracing::debug!(
-                    "session {}: flush not finished within the linger time: dropping the rest",
-                    self.session(conn)
-                );
-                let _ = io.close(conn, CloseMode::Abort);
+        let caught =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(handler, &mut ctx)));
+        if caught.is_err() {
+            match session {
+                Some(session) => {
+                    tracing::error!("session {session}: the handler panicked; closing the session");
+                    let conn = self.local.conn(session);
+                    self.local
+                        .close_conn(io, conn, CloseReason::HandlerPanicked, CloseMode::Abort);
+                }
+                None => tracing::error!(
+                    "worker {}: the handler panicked in on_tick",
+                    self.local.worker
+                ),
             }
         }
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        self.lingering.front().map(|&(_, deadline)| deadline)
     }
 
     /// Gives a connection its slot and tells the handler.
-    fn open_session<H: Handler>(
-        &mut self,
-        io: &mut Io,
-        app: App<'_, H>,
-        index: u32,
-        socket: Socket,
-    ) {
-        let shared = self.shared.clone();
-        if self.shutting_down {
-            shared.free_slot(self.worker, index);
-            self.stats().refused();
+    fn open_session(&mut self, io: &mut Io, index: u32, socket: Socket) {
+        let shared = self.local.shared.clone();
+        let worker = self.local.worker;
+        if self.local.shutting_down {
+            shared.free_slot(worker, index);
+            self.local.stats().refused();
             return;
         }
-        if shared.config.nodelay {
+        let config = &shared.config;
+        if config.nodelay {
             if let Err(e) = socket.set_tcp_nodelay(true) {
                 tracing::debug!("TCP_NODELAY: {e}");
+            }
+        }
+        if let Some(time) = config.tcp_keepalive {
+            if let Err(e) = socket.set_tcp_keepalive(&keepalive(time)) {
+                tracing::debug!("TCP keepalive: {e}");
             }
         }
         let peer = match socket.peer_addr().map(|a| a.as_socket()) {
             Ok(Some(peer)) => peer,
             Ok(None) | Err(_) => {
                 // The peer already left (reset before we got to it).
-                shared.free_slot(self.worker, index);
+                shared.free_slot(worker, index);
                 return;
             }
         };
@@ -196,28 +97,28 @@ impl Local {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::warn!("setting up an accepted connection failed: {e}");
-                shared.free_slot(self.worker, index);
+                shared.free_slot(worker, index);
                 return;
             }
         };
-        let session = self.session(conn);
-        self.reasons[index as usize] = None;
-        self.open += 1;
+        let session = self.local.session(conn);
+        self.states[index as usize] = H::Session::default();
+        self.local.opened(conn);
         shared.slots.set_open(session);
-        self.stats().accepted();
+        self.local.stats().accepted();
         tracing::trace!("session {session}: connected from {peer}");
-        self.call(io, app, session, |h, ctx| h.on_connect(ctx, session, peer));
+        self.call(io, Some(session), |h, ctx| h.on_connect(ctx, session, peer));
     }
 
     fn refuse(&mut self) {
-        self.stats().refused();
+        self.local.stats().refused();
         self.refused_since_log += 1;
         let now = Instant::now();
         if self
             .last_refusal_log
             .is_none_or(|t| now.duration_since(t) >= LOG_INTERVAL)
         {
-            let max = self.shared.config.max_sessions;
+            let max = self.local.shared.config.max_sessions;
             tracing::warn!(
                 "session pool full ({max} sessions): refused {} connection(s)",
                 self.refused_since_log
@@ -227,7 +128,10 @@ impl Local {
         }
     }
 
-    fn accept_error(&mut self, error: io::Error) {
+    fn accept_error(&mut self, io: &Io, error: io::Error) {
+        if let Some(until) = io.accept_paused_until() {
+            self.local.accept_paused(until);
+        }
         let now = Instant::now();
         if self
             .last_accept_error_log
@@ -238,120 +142,116 @@ impl Local {
         }
     }
 
-    /// Runs a callback of `session`. A panic in it costs that session only: it is caught, logged,
-    /// and the session is closed ([`CloseReason::HandlerPanicked`]).
-    fn call<H: Handler>(
-        &mut self,
-        io: &mut Io,
-        app: App<'_, H>,
-        session: SessionId,
-        f: impl FnOnce(&H, &mut Context<'_>),
-    ) {
-        let mut ctx = Context {
-            io,
-            local: self,
-            handle: app.handle,
-        };
-        let caught =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(app.handler, &mut ctx)));
-        if caught.is_err() {
-            tracing::error!("session {session}: the handler panicked; closing the session");
-            let conn = self.conn(session);
-            self.close_conn(io, conn, CloseReason::HandlerPanicked, CloseMode::Abort);
-        }
-    }
-
-    fn on_event<H: Handler>(&mut self, io: &mut Io, app: App<'_, H>, event: Event<'_>) {
+    fn on_event(&mut self, io: &mut Io, event: Event<'_>) {
         match event {
             Event::Received { conn, data } => {
-                self.stats().received(data.len());
-                let session = self.session(conn);
-                self.call(io, app, session, |h, ctx| h.on_receive(ctx, session, data));
+                self.local.stats().received(data.len());
+                self.local.received(conn);
+                let session = self.local.session(conn);
+                self.call(io, Some(session), |h, ctx| h.on_receive(ctx, session, data));
             }
             Event::ReadClosed { conn } => {
-                let session = self.session(conn);
-                self.call(io, app, session, |h, ctx| h.on_read_closed(ctx, session));
+                let session = self.local.session(conn);
+                self.call(io, Some(session), |h, ctx| h.on_read_closed(ctx, session));
             }
             Event::Closed { conn, error } => {
-                let session = self.session(conn);
-                let reason = self.reasons[conn.index as usize]
-                    .take()
+                let session = self.local.session(conn);
+                let reason = self
+                    .local
+                    .take_reason(conn)
                     .or_else(|| error.as_ref().map(CloseReason::from_io))
                     .unwrap_or(CloseReason::PeerClosed);
-                let shared = self.shared.clone();
+                let shared = self.local.shared.clone();
                 shared.slots.set_closed(session);
-                self.open -= 1;
                 match &error {
                     Some(e) => tracing::debug!("session {session}: closed: {reason} ({e})"),
                     None => tracing::debug!("session {session}: closed: {reason}"),
                 }
                 let counted = reason.clone();
-                self.call(io, app, session, |h, ctx| h.on_close(ctx, session, reason));
+                self.call(io, Some(session), |h, ctx| h.on_close(ctx, session, reason));
+                self.local.closed(conn);
+                // The state goes with its session.
+                self.states[conn.index as usize] = H::Session::default();
                 // Counted after on_close: whoever sees the session gone from the statistics
                 // knows its on_close has run (and, say, queued its disconnect for a logic thread).
-                self.stats().closed(&counted);
-                shared.free_slot(self.worker, conn.index);
+                self.local.stats().closed(&counted);
+                shared.free_slot(self.local.worker, conn.index);
             }
             Event::Accepted(socket) => {
-                let shared = self.shared.clone();
+                let shared = self.local.shared.clone();
                 if shared.is_shutting_down() {
-                    self.stats().refused();
+                    self.local.stats().refused();
                     return;
                 }
                 match shared.take_slot() {
-                    Some((w, index)) if w == self.worker => {
-                        self.open_session(io, app, index, socket)
+                    Some((w, index)) if w == self.local.worker => {
+                        self.open_session(io, index, socket)
                     }
                     Some((w, index)) => shared.inboxes[w].push(Command::Adopt(index, socket)),
                     None => self.refuse(),
                 }
             }
-            Event::AcceptError(error) => self.accept_error(error),
+            Event::AcceptError(error) => self.accept_error(io, error),
             Event::Woken => {}
         }
     }
 
-    fn run_command<H: Handler>(&mut self, io: &mut Io, app: App<'_, H>, command: Command) {
+    fn run_command(&mut self, io: &mut Io, command: Command) {
         match command {
             Command::Send(session, bytes) => {
-                if let Err(e) = self.send(io, session, Payload::Shared(bytes)) {
+                if let Err(e) = self.local.send(io, session, Payload::Shared(bytes)) {
                     tracing::trace!("send from another thread dropped: {e}");
                 }
             }
             Command::Close(session, reason) => {
-                let _ = self.close(io, session, reason);
+                let _ = self.local.close(io, session, reason);
             }
-            Command::Adopt(index, socket) => self.open_session(io, app, index, socket),
+            Command::Adopt(index, socket) => self.open_session(io, index, socket),
             Command::Broadcast(bytes) => {
-                for session in self.open_sessions(io) {
-                    let _ = self.send(io, session, Payload::Shared(bytes.clone()));
+                for session in self.local.open_sessions(io) {
+                    let _ = self.local.send(io, session, Payload::Shared(bytes.clone()));
                 }
             }
             Command::Shutdown => self.begin_shutdown(io),
         }
     }
 
-    fn open_sessions(&self, io: &Io) -> Vec<SessionId> {
-        let slots = &self.shared.slots;
-        (0..self.reasons.len() as u32)
-            .filter_map(|i| {
-                let session = slots.session_at(self.base + i)?;
-                io.is_open(self.conn(session)).then_some(session)
-            })
-            .collect()
+    /// Runs every timer that is due.
+    fn fire_timers(&mut self, io: &mut Io) {
+        while let Some(fired) = self.local.fire_next(io) {
+            match fired {
+                Fired::Session(session, token) => {
+                    self.call(io, Some(session), |h, ctx| h.on_timer(ctx, session, token));
+                }
+                Fired::Tick => self.call(io, None, |h, ctx| h.on_tick(ctx)),
+                Fired::Internal => {}
+            }
+        }
     }
 
     fn begin_shutdown(&mut self, io: &mut Io) {
-        if self.shutting_down {
+        if self.local.shutting_down {
             return;
         }
-        self.shutting_down = true;
+        self.local.shutting_down = true;
         io.stop_accepting();
-        for session in self.open_sessions(io) {
-            let conn = self.conn(session);
-            self.close_conn(io, conn, CloseReason::Shutdown, CloseMode::Flush);
+        for session in self.local.open_sessions(io) {
+            let conn = self.local.conn(session);
+            self.local
+                .close_conn(io, conn, CloseReason::Shutdown, CloseMode::Flush);
         }
     }
+}
+
+/// TCP keepalive: the first probe after `time` of silence, then every `time / 3`, giving up
+/// after 3 probes (where the platform lets the interval and count be set).
+fn keepalive(time: Duration) -> TcpKeepalive {
+    let keepalive = TcpKeepalive::new().with_time(time);
+    #[cfg(any(unix, windows))]
+    let keepalive = keepalive.with_interval((time / 3).max(Duration::from_secs(1)));
+    #[cfg(all(unix, not(target_os = "openbsd")))]
+    let keepalive = keepalive.with_retries(3);
+    keepalive
 }
 
 /// Runs worker `worker` until shutdown. Reports on `ready` whether its completion port started.
@@ -405,39 +305,31 @@ pub(crate) fn run<H: Handler>(
         return Ok(());
     }
 
-    let mut local = Local {
-        worker,
-        base,
-        shared: shared.clone(),
-        reasons: vec![None; capacity as usize],
-        lingering: VecDeque::new(),
-        open: 0,
-        shutting_down: false,
+    let mut w = Worker {
+        local: Local::new(worker, base, capacity, shared.clone()),
+        states: (0..capacity).map(|_| H::Session::default()).collect(),
+        handler: &*handler,
+        handle: &handle,
         refused_since_log: 0,
         last_refusal_log: None,
         last_accept_error_log: None,
     };
-    let app = App {
-        handler: &*handler,
-        handle: &handle,
-    };
     let mut commands = Vec::new();
     loop {
-        let timeout = local
-            .next_deadline()
-            .map(|d| d.saturating_duration_since(Instant::now()));
+        let timeout = w.local.wait_timeout();
+        w.local.new_turn();
         driver
-            .turn(timeout, |io, event| local.on_event(io, app, event))
+            .turn(timeout, |io, event| w.on_event(io, event))
             .map_err(|source| Error::Io {
                 op: "waiting for completions",
                 source,
             })?;
         shared.inboxes[worker].take(&mut commands);
         for command in commands.drain(..) {
-            local.run_command(driver.io(), app, command);
+            w.run_command(driver.io(), command);
         }
-        local.expire_lingering(driver.io());
-        if local.shutting_down && local.open == 0 && !driver.io().is_accepting() {
+        w.fire_timers(driver.io());
+        if w.local.shutting_down && w.local.open == 0 && !driver.io().is_accepting() {
             break;
         }
     }

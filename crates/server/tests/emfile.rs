@@ -20,6 +20,8 @@ const LIMIT: u64 = 64;
 struct Echo;
 
 impl Handler for Echo {
+    type Session = ();
+
     fn on_receive(&self, ctx: &mut Context<'_>, session: SessionId, data: &[u8]) {
         let _ = ctx.send(session, data);
     }

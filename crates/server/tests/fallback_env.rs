@@ -11,6 +11,8 @@ use support::*;
 struct Echo;
 
 impl Handler for Echo {
+    type Session = ();
+
     fn on_receive(&self, ctx: &mut Context<'_>, session: SessionId, data: &[u8]) {
         let _ = ctx.send(session, data);
     }

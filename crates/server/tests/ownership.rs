@@ -45,6 +45,8 @@ struct Fanout {
 }
 
 impl Handler for Fanout {
+    type Session = ();
+
     fn on_connect(&self, ctx: &mut Context<'_>, session: SessionId, _: SocketAddr) {
         self.sessions.lock().unwrap().push(session);
         ctx.send(session, &id_bytes(session)).unwrap();
@@ -217,6 +219,8 @@ struct Tagger {
 }
 
 impl Handler for Tagger {
+    type Session = ();
+
     fn on_connect(&self, ctx: &mut Context<'_>, session: SessionId, _: SocketAddr) {
         let _ = ctx.send_bytes(session, encode(HELLO, 0, &id_bytes(session)).unwrap());
     }

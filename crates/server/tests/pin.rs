@@ -12,6 +12,8 @@ use support::*;
 struct Echo;
 
 impl Handler for Echo {
+    type Session = ();
+
     fn on_receive(&self, ctx: &mut Context<'_>, session: SessionId, data: &[u8]) {
         ctx.send(session, data).unwrap();
     }

@@ -177,6 +177,8 @@ fn slow_reader_is_disconnected(backend: BackendChoice) {
 struct Fragile;
 
 impl Handler for Fragile {
+    type Session = ();
+
     fn on_receive(&self, ctx: &mut Context<'_>, session: SessionId, data: &[u8]) {
         assert!(data[0] != b'!', "the handler was asked to panic");
         let _ = ctx.send(session, data);
@@ -218,6 +220,8 @@ struct FrameEcho {
 }
 
 impl Handler for FrameEcho {
+    type Session = ();
+
     fn on_receive(&self, ctx: &mut Context<'_>, session: SessionId, data: &[u8]) {
         let mut decoders = self.decoders.lock().unwrap();
         let decoder = decoders.entry(session).or_default();
@@ -366,6 +370,8 @@ struct Closer {
 }
 
 impl Handler for Closer {
+    type Session = ();
+
     fn on_connect(&self, ctx: &mut Context<'_>, session: SessionId, _peer: std::net::SocketAddr) {
         if self.connects.fetch_add(1, Ordering::SeqCst) % 2 == 1 {
             ctx.close(session).unwrap();

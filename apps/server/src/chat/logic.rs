@@ -1,8 +1,11 @@
 //! The chat's game logic, on the logic thread (the tutorial's `PacketManager::ProcessLogin`,
 //! `ProcessEnterRoom`, `ProcessLeaveRoom`, `ProcessRoomChatMessage`).
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use iocp_accounts::{LoginDone, LoginJob, Outcome};
 use iocp_chat_protocol::{
@@ -45,6 +48,10 @@ pub(crate) struct ChatLogic {
     rooms: Rooms,
     login: ChatLoginPool,
     counters: Arc<Counters>,
+    /// How long a connection may take to log in.
+    login_timeout: Option<Duration>,
+    /// When each connection must have logged in by, earliest first (checked on the tick).
+    login_deadlines: BinaryHeap<Reverse<(Instant, SessionId)>>,
 }
 
 /// Queues a response; a failure means that the session is closing, which its disconnect handles.
@@ -63,6 +70,37 @@ impl ChatLogic {
             rooms: Rooms::new(config.rooms, config.room_capacity),
             login,
             counters,
+            login_timeout: config.login_timeout,
+            login_deadlines: BinaryHeap::new(),
+        }
+    }
+
+    /// Closes the connections whose time to log in is up. One whose login is being checked
+    /// right now is looked at again a little later: it asked in time.
+    fn expire_logins(&mut self, ctx: &mut LogicContext<'_>) {
+        let (Some(timeout), now) = (self.login_timeout, Instant::now()) else {
+            return;
+        };
+        while let Some(&Reverse((deadline, session))) = self.login_deadlines.peek() {
+            if deadline > now {
+                break;
+            }
+            self.login_deadlines.pop();
+            match self.users.get(session).map(|u| &u.state) {
+                Some(State::Connected) => {
+                    tracing::debug!("session {session}: no login within {timeout:?}: closing");
+                    Counters::add(&self.counters.login_timeouts, 1);
+                    let _ = ctx.close_with(
+                        session,
+                        CloseReason::Timeout(format!("no login within {timeout:?}")),
+                    );
+                }
+                Some(State::LoggingIn(_)) => {
+                    let again = now + (timeout / 10).max(Duration::from_millis(100));
+                    self.login_deadlines.push(Reverse((again, session)));
+                }
+                _ => {} // logged in, replaced, or gone
+            }
         }
     }
 
@@ -109,12 +147,12 @@ impl ChatLogic {
         let Some(user) = self.users.get(session) else {
             return Ok(());
         };
+        // A user logged in on another session may log in again: once the password is checked,
+        // the new session takes over (see `login_done`).
         let result = if user.state != State::Connected {
             ResultCode::LOGIN_USER_ALREADY
         } else if !valid_user_id(&request.user_id) {
             ResultCode::LOGIN_USER_INVALID_ID
-        } else if self.users.session_of(&request.user_id).is_some() {
-            ResultCode::LOGIN_USER_ALREADY
         } else {
             let job = LoginJob {
                 ticket: session,
@@ -142,7 +180,6 @@ impl ChatLogic {
             user_id,
             outcome,
         } = done;
-        let taken = self.users.session_of(&user_id).is_some();
         let Some(user) = self.users.get_mut(session) else {
             return; // disconnected meanwhile
         };
@@ -151,8 +188,6 @@ impl ChatLogic {
         }
         user.state = State::Connected;
         let result = match outcome {
-            // Someone else logged in as this user while the password was checked.
-            Outcome::Accepted if taken => ResultCode::LOGIN_USER_ALREADY,
             Outcome::Accepted => ResultCode::NONE,
             Outcome::Refused => {
                 user.failed_logins += 1;
@@ -172,6 +207,22 @@ impl ChatLogic {
                 );
             }
             return;
+        }
+        // The user's earlier session, if any, is replaced: whatever state it is in (its client
+        // gone without a word, or still connected elsewhere), the newest login wins. It leaves
+        // its room (the others are told) and is closed.
+        if let Some(old) = self
+            .users
+            .session_of(&user_id)
+            .filter(|&old| old != session)
+        {
+            if let Some((_, Some(number))) = self.logged_in(old) {
+                self.leave_room(ctx, old, number);
+            }
+            self.users.replaced(old);
+            Counters::add(&self.counters.logins_replaced, 1);
+            tracing::info!("session {old}: {user_id:?} logged in again on {session}: closing it");
+            let _ = ctx.close_with(old, CloseReason::Closed);
         }
         self.users.log_in(session, &user_id);
         Counters::add(&self.counters.logins, 1);
@@ -347,6 +398,14 @@ impl Logic for ChatLogic {
     fn on_connect(&mut self, _ctx: &mut LogicContext<'_>, session: SessionId, peer: SocketAddr) {
         tracing::debug!("session {session}: connected from {peer}");
         self.users.connect(session);
+        if let Some(timeout) = self.login_timeout {
+            self.login_deadlines
+                .push(Reverse((Instant::now() + timeout, session)));
+        }
+    }
+
+    fn on_tick(&mut self, ctx: &mut LogicContext<'_>) {
+        self.expire_logins(ctx);
     }
 
     /// Leaves the room and logs out, whatever closed the session.

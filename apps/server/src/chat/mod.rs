@@ -14,8 +14,15 @@
 //!   over without waiting (the tutorial's request queue to its Redis thread), and the result
 //!   comes back through the logic queue as a message. A login storm never stalls chat; if more
 //!   logins wait than the pool's queue holds, the newest get `LOGIN_SERVER_BUSY`.
-//! - A second login of a user who is logged in is refused (`LOGIN_USER_ALREADY`); the first
-//!   session keeps it. Room and chat requests before login are refused (`USER_MGR_NOT_LOGGED_IN`).
+//! - A login of a user who is logged in on another session **replaces** that session once the
+//!   password is checked: the old one leaves its room (the others are told) and is closed. So a
+//!   user whose old connection is stuck, or whose disconnect the server has not seen yet, can
+//!   always log in again. A session that is itself logged in (or logging in) and asks again is
+//!   refused (`LOGIN_USER_ALREADY`). Room and chat requests before login are refused
+//!   (`USER_MGR_NOT_LOGGED_IN`).
+//! - A connection that has not logged in within `login_timeout` is closed (checked on the
+//!   logic thread's tick). Dead peers are found by TCP keepalive; `idle_timeout` (off by
+//!   default: the tutorial's client sends no heartbeat) closes members who send nothing.
 //! - A chat notification is encoded once and the same bytes are queued to every member. A
 //!   member that stops reading passes its send-queue limit, is disconnected by the server, and
 //!   leaves the room through its disconnect like any other: the room never waits for it.
@@ -60,6 +67,8 @@ pub struct ChatConfig {
     pub queue: QueueOptions,
     /// What to do with an unknown packet id or a malformed packet.
     pub bad_packet: BadPacket,
+    /// Close a connection that has not logged in within this time; `None`: never.
+    pub login_timeout: Option<std::time::Duration>,
 }
 
 impl Default for ChatConfig {
@@ -72,6 +81,7 @@ impl Default for ChatConfig {
             login_queue: 1024,
             queue: QueueOptions::default(),
             bad_packet: BadPacket::Close,
+            login_timeout: Some(std::time::Duration::from_secs(10)),
         }
     }
 }
@@ -85,6 +95,10 @@ pub struct ChatStats {
     pub logins: u64,
     /// Logins refused (unknown user, wrong password, already logged in, invalid id, busy).
     pub logins_refused: u64,
+    /// Logins that replaced an earlier session of the same user.
+    pub logins_replaced: u64,
+    /// Connections closed for not logging in within the login timeout.
+    pub login_timeouts: u64,
     /// Room entries.
     pub room_enters: u64,
     /// Chat messages accepted.
@@ -97,10 +111,13 @@ impl std::fmt::Display for ChatStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "chat: {} online | logins {} ok, {} refused | room enters {} | chats {} → {} notifies",
+            "chat: {} online | logins {} ok, {} refused, {} replaced, {} timed out | room enters {} | \
+             chats {} → {} notifies",
             self.online,
             self.logins,
             self.logins_refused,
+            self.logins_replaced,
+            self.login_timeouts,
             self.room_enters,
             self.chats,
             self.notifies
@@ -114,6 +131,8 @@ pub(crate) struct Counters {
     online: AtomicU64,
     logins: AtomicU64,
     logins_refused: AtomicU64,
+    logins_replaced: AtomicU64,
+    login_timeouts: AtomicU64,
     room_enters: AtomicU64,
     chats: AtomicU64,
     notifies: AtomicU64,
@@ -134,6 +153,8 @@ impl Counters {
             online: get(&self.online),
             logins: get(&self.logins),
             logins_refused: get(&self.logins_refused),
+            logins_replaced: get(&self.logins_replaced),
+            login_timeouts: get(&self.login_timeouts),
             room_enters: get(&self.room_enters),
             chats: get(&self.chats),
             notifies: get(&self.notifies),
@@ -161,6 +182,14 @@ impl ChatServer {
             ));
         }
         let counters = Arc::new(Counters::default());
+        let mut config = config;
+        if let (Some(timeout), None) = (config.login_timeout, config.queue.tick) {
+            // Login deadlines are checked on the logic thread's tick.
+            config.queue.tick = Some((timeout / 10).clamp(
+                std::time::Duration::from_millis(10),
+                std::time::Duration::from_secs(1),
+            ));
+        }
         let mut packets = LogicPackets::new();
         logic::register(&mut packets);
         let options = PacketOptions {

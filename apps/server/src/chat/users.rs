@@ -18,6 +18,8 @@ pub(crate) enum State {
         user_id: Arc<str>,
         room: Option<u32>,
     },
+    /// Its user logged in again on another session, which took over; this one is closing.
+    Replaced,
 }
 
 /// One session's user.
@@ -88,6 +90,14 @@ impl Users {
                 user_id,
                 room: None,
             };
+        }
+    }
+
+    /// `session`'s user logged in again elsewhere: `session` no longer has it (its entry in the
+    /// logged-in ids is taken over by the new session's [`Users::log_in`]).
+    pub(crate) fn replaced(&mut self, session: SessionId) {
+        if let Some(user) = self.get_mut(session) {
+            user.state = State::Replaced;
         }
     }
 

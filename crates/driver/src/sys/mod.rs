@@ -194,8 +194,10 @@ pub(crate) trait Port {
 
     /// Connection slot `index` is finished, none of its operations is outstanding: the backend
     /// lets go of whatever it holds of the socket (io_uring: its entry in the file table), which
-    /// closes the connection, and `socket` (what [`Port::adopt`] handed back) is closed.
-    fn release(&mut self, _index: u32, socket: Option<Socket>) {
+    /// closes the connection, and `socket` (what [`Port::adopt`] handed back) is closed. With
+    /// `reset`, the connection is reset: the driver has set `SO_LINGER` 0 on `socket` already;
+    /// a backend that holds the socket without it sets it before letting go.
+    fn release(&mut self, _index: u32, socket: Option<Socket>, _reset: bool) {
         drop(socket);
     }
 
@@ -341,8 +343,8 @@ impl Port for AnyPort {
         each!(self, p => p.adopt(index, socket))
     }
 
-    fn release(&mut self, index: u32, socket: Option<Socket>) {
-        each!(self, p => p.release(index, socket))
+    fn release(&mut self, index: u32, socket: Option<Socket>, reset: bool) {
+        each!(self, p => p.release(index, socket, reset))
     }
 
     fn leak_buffers(&mut self) {

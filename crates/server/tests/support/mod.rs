@@ -219,6 +219,8 @@ impl Log {
 pub struct RecordingEcho(pub Arc<Log>);
 
 impl Handler for RecordingEcho {
+    type Session = ();
+
     fn on_connect(&self, _: &mut Context<'_>, session: SessionId, _: SocketAddr) {
         self.0.connected.lock().unwrap().push(session);
     }

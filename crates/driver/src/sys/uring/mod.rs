@@ -436,11 +436,32 @@ impl super::Port for Port {
         self.push(&entry);
     }
 
-    fn release(&mut self, index: u32, socket: Option<Socket>) {
+    fn release(&mut self, index: u32, socket: Option<Socket>, reset: bool) {
         drop(socket);
-        let Some(slot) = self.files.get_mut(index as usize).filter(|held| **held) else {
+        if self.files.get(index as usize) != Some(&true) {
             return;
-        };
+        }
+        if reset {
+            // The socket has no descriptor: set SO_LINGER 0 through the ring (6.7+; the file
+            // table is used from 6.13 only). Submitted now, before the entry is removed below,
+            // so the request holds the file until it is done; its completion is ignored.
+            static LINGER_RESET: libc::linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            let entry = opcode::SetSockOpt::new(
+                types::Fixed(index),
+                libc::SOL_SOCKET as u32,
+                libc::SO_LINGER as u32,
+                (&raw const LINGER_RESET).cast(),
+                size_of::<libc::linger>() as u32,
+            )
+            .build()
+            .user_data(Token::bare(Op::Cancel).0);
+            self.push(&entry);
+            self.submit_queued();
+        }
+        let slot = &mut self.files[index as usize];
         // Dropping the table's reference closes the connection.
         if let Err(e) = self.ring.submitter().register_files_update(index, &[-1]) {
             // Cannot fail for a valid index on a live ring; if it did, the connection would stay
