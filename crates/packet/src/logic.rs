@@ -139,7 +139,9 @@ pub enum WhenFull {
     /// Wait until the logic thread makes room: nothing is dropped, input slows down. The worker
     /// waits at most [`QueueOptions::max_wait`] for one packet (then the session is closed,
     /// [`CloseReason::Overloaded`]), and not at all once the server is shutting down, so that a
-    /// stuck logic thread cannot freeze a worker's other sessions, timers or shutdown.
+    /// logic thread that falls far behind holds a worker's other sessions and timers for at
+    /// most that long per packet. A session's connect and disconnect still wait for room: the
+    /// logic's bookkeeping depends on them (two per session).
     #[default]
     Wait,
     /// Close the session whose packet does not fit ([`CloseReason::Protocol`], logged); its

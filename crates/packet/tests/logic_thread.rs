@@ -472,3 +472,95 @@ fn a_panicking_handler_costs_one_session() {
         Some(&Seen::Disconnect(session, CloseReason::HandlerPanicked))
     );
 }
+
+/// `WhenFull::Wait` waits at most `max_wait` for one packet: with the logic stuck, the session
+/// whose packet does not fit is closed (`Overloaded`) after that long instead of holding its
+/// worker; once the logic goes on it sees that session's disconnect; and shutdown does not wait
+/// for a full queue.
+#[test]
+fn full_queue_wait_is_bounded() {
+    let gate = Gate::shut();
+    let queue = QueueOptions {
+        capacity: 4,
+        when_full: WhenFull::Wait,
+        max_wait: std::time::Duration::from_millis(300),
+        ..QueueOptions::default()
+    };
+    let (server, seen) = start(gate.clone(), queue, BadPacket::Close);
+    let mut c = Client::connect(server.local_addr());
+    let started = std::time::Instant::now();
+    for seq in 0..50u32 {
+        c.send(PING, &seq.to_le_bytes());
+    }
+    eventually("the session given up on", || {
+        server.logic_stats().closed_queue_full == 1
+    });
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(300),
+        "gave up after {waited:?}"
+    );
+    // The logic goes on: it sees the packets that fit, then the disconnect, with the reason.
+    gate.open();
+    eventually("the disconnect", || {
+        matches!(
+            seen.lock().unwrap().last(),
+            Some(Seen::Disconnect(_, CloseReason::Overloaded(_)))
+        )
+    });
+    c.expect_closed();
+    let stopping = std::time::Instant::now();
+    server.shutdown().unwrap();
+    assert!(stopping.elapsed() < std::time::Duration::from_secs(2));
+}
+
+/// Logic that counts its ticks.
+struct Ticker(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Logic for Ticker {
+    type Message = ();
+    fn on_tick(&mut self, _: &mut LogicContext<'_>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// `Logic::on_tick` runs every `QueueOptions::tick`, with no events at all, and while events
+/// keep the queue busy.
+#[test]
+fn the_logic_ticks() {
+    let ticks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut packets = LogicPackets::new();
+    packets.on(
+        PING,
+        |_: &mut Ticker, ctx: &mut LogicContext<'_>, session, frame: Frame<'_>| {
+            let _ = ctx.send_bytes(session, iocp_wire::encode(PONG, 0, frame.body()).unwrap());
+            Ok(())
+        },
+    );
+    let queue = QueueOptions {
+        tick: Some(std::time::Duration::from_millis(20)),
+        ..QueueOptions::default()
+    };
+    let server = packets
+        .start(config(), queue, |_| Ticker(ticks.clone()))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let idle_ticks = ticks.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        (8..=16).contains(&idle_ticks),
+        "{idle_ticks} ticks in 300 ms"
+    );
+    // Busy: pings back to back for 300 ms.
+    let mut c = Client::connect(server.local_addr());
+    let started = std::time::Instant::now();
+    let mut seq = 0u32;
+    while started.elapsed() < std::time::Duration::from_millis(300) {
+        c.send(PING, &seq.to_le_bytes());
+        let (id, body) = c.recv();
+        assert_eq!((id, body), (PONG, seq.to_le_bytes().to_vec()));
+        seq += 1;
+    }
+    let busy_ticks = ticks.load(std::sync::atomic::Ordering::Relaxed) - idle_ticks;
+    assert!(busy_ticks >= 8, "{busy_ticks} ticks in 300 ms of traffic");
+    server.shutdown().unwrap();
+}
