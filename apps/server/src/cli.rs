@@ -202,13 +202,27 @@ impl ChatArgs {
 
 /// The binary's entry point.
 pub fn main() -> ExitCode {
+    use std::io::IsTerminal;
+    // Colour only for a person at a terminal (and not with NO_COLOR): a log file or a journal
+    // gets plain text.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
+    // A panic is logged as one line; where the server catches it (a handler's, a damaged
+    // account file's), it costs what it concerns only, and says so in its own line.
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        tracing::error!(
+            "thread {} panicked: {info}",
+            thread.name().unwrap_or("unnamed")
+        );
+    }));
 
     let cli = Cli::parse();
     let command = cli.command.unwrap_or_else(|| {
@@ -252,21 +266,25 @@ fn run_echo(args: &EchoArgs) -> ExitCode {
 }
 
 fn run_chat(args: &ChatArgs) -> ExitCode {
-    let accounts = match crate::users::open_accounts(&args.db) {
+    let accounts = match crate::users::chat_accounts(&args.db) {
         Ok(accounts) => accounts,
         Err(e) => {
             tracing::error!("{e}");
             return ExitCode::FAILURE;
         }
     };
-    match accounts.user_ids() {
-        Ok(ids) if ids.is_empty() => tracing::warn!(
-            "{}: no accounts yet: add one with `iocp-server users add NAME --db {}`",
-            args.db.display(),
-            args.db.display()
-        ),
-        Ok(ids) => tracing::info!("{}: {} accounts", args.db.display(), ids.len()),
-        Err(e) => tracing::warn!("{e}"),
+    // A missing file is made once the port is bound.
+    let exists = args.db.exists();
+    if exists {
+        match accounts.user_ids() {
+            Ok(ids) if ids.is_empty() => tracing::warn!(
+                "{}: no accounts yet: add one with `iocp-server users add NAME --db {}`",
+                args.db.display(),
+                args.db.display()
+            ),
+            Ok(ids) => tracing::info!("{}: {} accounts", args.db.display(), ids.len()),
+            Err(e) => tracing::warn!("{e}"),
+        }
     }
     let signals = catch_signals();
     let server = match ChatServer::start(args.config(), accounts) {
@@ -276,6 +294,13 @@ fn run_chat(args: &ChatArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if !exists {
+        // Bound and listening: now the account file may be made.
+        match crate::users::open_accounts(&args.db) {
+            Ok(_) => tracing::info!("{}: created (no accounts yet)", args.db.display()),
+            Err(e) => tracing::error!("{e}"),
+        }
+    }
     let handle = server.handle();
     watch_signals(signals, handle.clone());
     let stats = server.stats_source();

@@ -68,7 +68,7 @@ pub enum Cost {
     Light,
 }
 
-/// Opens the accounts in `db`, creating the file if needed.
+/// Opens the accounts in `db`, creating the file if needed (`users add`).
 ///
 /// # Errors
 ///
@@ -77,6 +77,45 @@ pub fn open_accounts(db: &Path) -> Result<Accounts, String> {
     RedbStore::open(db)
         .map(|store| Accounts::new(Arc::new(store)))
         .map_err(|e| format!("{}: {e}", db.display()))
+}
+
+/// The accounts of the chat server in `db`: an existing file is opened now (a damaged one is an
+/// error; a read-only one is read, with a warning that `users add` cannot change it while it is
+/// so); a missing one is created on first use, after the server has bound its port.
+///
+/// # Errors
+///
+/// If the file exists but cannot be read, or is not an account file.
+pub fn chat_accounts(db: &Path) -> Result<Accounts, String> {
+    if !db.exists() {
+        return Ok(Accounts::new(Arc::new(RedbStore::create_on_first_use(db))));
+    }
+    let store = RedbStore::open_existing(db).map_err(|e| e.to_string())?;
+    if store.is_read_only() {
+        tracing::warn!(
+            "{}: read-only: logins work, but `iocp-server users add` and `remove` cannot change \
+             it while it is so",
+            db.display()
+        );
+    }
+    Ok(Accounts::new(Arc::new(store)))
+}
+
+fn existing(db: &Path, read_only: bool) -> Result<Accounts, String> {
+    if !db.exists() {
+        return Err(format!(
+            "{}: no such account file (`iocp-server users add` creates it)",
+            db.display()
+        ));
+    }
+    let store = if read_only {
+        RedbStore::open_read_only(db)
+    } else {
+        RedbStore::open_existing(db)
+    };
+    store
+        .map(|store| Accounts::new(Arc::new(store)))
+        .map_err(|e| e.to_string())
 }
 
 /// Runs a `users` command; prints what it did on stdout, errors on stderr.
@@ -132,7 +171,7 @@ fn execute(command: &UsersCommand) -> Result<(), String> {
             }
         }
         UsersCommand::Remove { user, db } => {
-            let accounts = open_accounts(db)?;
+            let accounts = existing(db, false)?;
             match accounts.remove(user) {
                 Ok(true) => {
                     println!("removed {user}");
@@ -143,7 +182,7 @@ fn execute(command: &UsersCommand) -> Result<(), String> {
             }
         }
         UsersCommand::List { db } => {
-            let accounts = open_accounts(db)?;
+            let accounts = existing(db, true)?;
             for user in accounts.user_ids().map_err(|e| e.to_string())? {
                 println!("{user}");
             }

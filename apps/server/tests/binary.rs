@@ -331,3 +331,83 @@ fn echo_binary_still_echoes() {
     drop(stream);
     server.stop();
 }
+
+/// A damaged (truncated) or garbage account file is refused at start with a clear error, by
+/// `chat` and by `users list`, and left as it was; `users list` of a missing file creates
+/// nothing; a read-only file is listed, and `chat` starts on it.
+#[test]
+fn damaged_missing_and_read_only_account_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.redb");
+    let out = users(
+        &good,
+        &["add", "alice", "--hash-cost", "light"],
+        "pw-alice\n",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let truncated = dir.path().join("truncated.redb");
+    let mut bytes = std::fs::read(&good).unwrap();
+    bytes.truncate(4096);
+    std::fs::write(&truncated, &bytes).unwrap();
+    let garbage = dir.path().join("garbage.redb");
+    std::fs::write(&garbage, vec![0x42; 8192]).unwrap();
+    for file in [&truncated, &garbage] {
+        let before = std::fs::read(file).unwrap();
+        let out = users(file, &["list"], "");
+        assert!(!out.status.success());
+        let err = text(&out.stderr);
+        assert!(err.contains(file.to_str().unwrap()), "{err}");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "a clean error, not a panic: {err}"
+        );
+        let out = run(
+            &[
+                "chat",
+                "--addr",
+                "127.0.0.1:0",
+                "--db",
+                file.to_str().unwrap(),
+            ],
+            "",
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        assert_eq!(std::fs::read(file).unwrap(), before, "left untouched");
+    }
+
+    let typo = dir.path().join("typo.redb");
+    let out = users(&typo, &["list"], "");
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("no such account file"));
+    assert!(!typo.exists(), "listing a missing file created it");
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let before = std::fs::read(&good).unwrap();
+        let out = users(&good, &["list"], "");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "alice\n");
+        // Root may write a read-only file: only check that the listing did not.
+        assert_eq!(std::fs::read(&good).unwrap(), before);
+    }
+}
+
+/// `chat` binds its port before it makes its account file: on a busy port it fails and leaves
+/// no file behind.
+#[test]
+fn chat_on_a_busy_port_creates_no_account_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("new.redb");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let out = run(&["chat", "--addr", &addr, "--db", db.to_str().unwrap()], "");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        !db.exists(),
+        "the account file was created before the bind failed"
+    );
+}

@@ -839,3 +839,41 @@ fn login_again_right_after_closing_succeeds_every_time() {
     eventually("one alice online", || server.stats().online <= 1);
     stop_within(server, STOP);
 }
+
+/// A damaged account file costs the logins that need it a result code (36), never a login
+/// thread: after the file is truncated under the running server every login is answered at
+/// once, and once it is restored logins succeed again.
+#[test]
+fn a_damaged_account_file_is_answered_and_survived() {
+    use iocp_accounts::{Accounts, HashCost, RedbStore};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("accounts.redb");
+    let store = RedbStore::open(&db).unwrap();
+    let accounts = Accounts::new(std::sync::Arc::new(store));
+    for user in ["alice", "bob", "carol"] {
+        accounts
+            .add(user, PASSWORD, HashCost::LIGHT, false)
+            .unwrap();
+    }
+    let good = std::fs::read(&db).unwrap();
+    let server = iocp_server_app::chat::ChatServer::start(config(1, 4), accounts).unwrap();
+    let addr = server.local_addr();
+    Client::login_as(addr, "alice");
+
+    std::fs::File::options()
+        .write(true)
+        .open(&db)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50)); // the store lets go of the file when idle
+    // More logins than login threads: each is answered, none hangs.
+    for _ in 0..6 {
+        let mut c = Client::connect(addr);
+        assert_eq!(c.login("bob", PASSWORD), ResultCode::LOGIN_STORE_ERROR);
+    }
+    std::fs::write(&db, &good).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    Client::login_as(addr, "carol");
+    stop_within(server, STOP);
+}

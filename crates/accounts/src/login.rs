@@ -133,11 +133,20 @@ fn check_logins<T>(
                 Err(_) => return,
             }
         };
-        let outcome = match accounts.verify(&job.user_id, &job.password) {
-            Ok(true) => Outcome::Accepted,
-            Ok(false) => Outcome::Refused,
-            Err(e) => {
+        // A panic in the check (a store that panics on a damaged file, say) costs this login
+        // only: the thread goes on with the next.
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            accounts.verify(&job.user_id, &job.password)
+        }));
+        let outcome = match checked {
+            Ok(Ok(true)) => Outcome::Accepted,
+            Ok(Ok(false)) => Outcome::Refused,
+            Ok(Err(e)) => {
                 tracing::error!("login of {:?}: {e}", job.user_id);
+                Outcome::StoreFailed
+            }
+            Err(_) => {
+                tracing::error!("login of {:?}: the password check panicked", job.user_id);
                 Outcome::StoreFailed
             }
         };

@@ -1,10 +1,12 @@
 //! [`RedbStore`]: accounts in an embedded redb file.
 
+use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
 
-use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
+use redb::{Database, DatabaseError, ReadableTable, StorageBackend, TableDefinition};
 
 use super::{AccountStore, StoreError};
 
@@ -39,12 +41,28 @@ pub struct RedbStore {
 
 struct Inner {
     path: PathBuf,
+    /// How the file is opened.
+    mode: Mode,
     lease: Mutex<Lease>,
+}
+
+/// How a store opens its file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Read and write; the file is created if missing.
+    Create,
+    /// Read and write; the file must exist.
+    Existing,
+    /// Read only: the file is read into memory and opened there, so that it is never written
+    /// (it may be read-only on disk); read again when it changes.
+    ReadOnly,
 }
 
 /// The open file, if it is open.
 struct Lease {
     db: Option<Database>,
+    /// In read-only mode: the modification time of the file the snapshot was read from.
+    snapshot_of: Option<SystemTime>,
     opened: Instant,
     used: Instant,
     /// Whether a thread is watching for idleness to close the file.
@@ -64,20 +82,10 @@ impl RedbStore {
     ///
     /// # Errors
     ///
-    /// If the file cannot be created or opened, or is not a redb database.
+    /// If the file cannot be created or opened, or is not a redb database (a damaged file is
+    /// reported, never a panic, and left as it is).
     pub fn open(path: impl AsRef<Path>) -> Result<RedbStore, StoreError> {
-        let now = Instant::now();
-        let store = RedbStore {
-            inner: Arc::new(Inner {
-                path: path.as_ref().to_owned(),
-                lease: Mutex::new(Lease {
-                    db: None,
-                    opened: now,
-                    used: now,
-                    janitor: false,
-                }),
-            }),
-        };
+        let store = RedbStore::with_mode(path, Mode::Create);
         store.with_db("creating the accounts table", |db| {
             let tx = db.begin_write().map_err(|e| err("starting a write", e))?;
             tx.open_table(ACCOUNTS)
@@ -87,32 +95,156 @@ impl RedbStore {
         Ok(store)
     }
 
+    /// Opens the existing store at `path`, for reading and writing — or, if the file cannot be
+    /// written (a read-only file), for reading only: it is then read into memory and never
+    /// written ([`RedbStore::is_read_only`]; adding or removing accounts fails).
+    ///
+    /// # Errors
+    ///
+    /// If the file does not exist, cannot be read, or is not a redb database (reported, never a
+    /// panic; the file is left as it is).
+    pub fn open_existing(path: impl AsRef<Path>) -> Result<RedbStore, StoreError> {
+        let path = path.as_ref();
+        let writable = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path);
+        let mode = match writable {
+            Ok(_) => Mode::Existing,
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Mode::ReadOnly,
+            Err(e) => {
+                return Err(StoreError::new(
+                    "opening the account file",
+                    format!("{}: {e}", path.display()),
+                ));
+            }
+        };
+        let store = RedbStore::with_mode(path, mode);
+        store.user_ids()?; // checks that it is a whole database, now
+        Ok(store)
+    }
+
+    /// Opens the existing store at `path` for reading only, never writing the file, even if it
+    /// could ([`RedbStore::open_existing`] for the errors).
+    ///
+    /// # Errors
+    ///
+    /// As [`RedbStore::open_existing`].
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<RedbStore, StoreError> {
+        let store = RedbStore::with_mode(path, Mode::ReadOnly);
+        store.user_ids()?;
+        Ok(store)
+    }
+
+    /// A store at `path` that touches the file only when first used, creating it then if it
+    /// is missing (a server binds its port before it creates its account file). Until the file
+    /// has its table, it holds no accounts.
+    pub fn create_on_first_use(path: impl AsRef<Path>) -> RedbStore {
+        RedbStore::with_mode(path, Mode::Create)
+    }
+
+    fn with_mode(path: impl AsRef<Path>, mode: Mode) -> RedbStore {
+        let now = Instant::now();
+        RedbStore {
+            inner: Arc::new(Inner {
+                path: path.as_ref().to_owned(),
+                mode,
+                lease: Mutex::new(Lease {
+                    db: None,
+                    snapshot_of: None,
+                    opened: now,
+                    used: now,
+                    janitor: false,
+                }),
+            }),
+        }
+    }
+
+    fn writable(&self, op: &'static str) -> Result<(), StoreError> {
+        if self.is_read_only() {
+            return Err(StoreError::new(
+                op,
+                format!(
+                    "{}: the account file is opened read-only (make it writable to change \
+                     accounts)",
+                    self.inner.path.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the store only reads its file (it was read-only, or opened so).
+    pub fn is_read_only(&self) -> bool {
+        self.inner.mode == Mode::ReadOnly
+    }
+
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
 
     /// Runs `f` on the database, opening it if needed.
+    ///
+    /// redb answers some damage (a file truncated under it, say) with a panic rather than an
+    /// error: it is caught here and reported as a [`StoreError`], the database handle is let go,
+    /// and the next operation opens the file again (it works again once the file is restored).
     fn with_db<T>(
         &self,
         op: &'static str,
         f: impl FnOnce(&Database) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut lease = self.inner.lease.lock().unwrap_or_else(|e| e.into_inner());
+        let result = catch_unwind(AssertUnwindSafe(|| self.with_lease(&mut lease, op, f)));
+        match result {
+            Ok(result) => result,
+            Err(panic) => {
+                // The handle may be in any state: let go of it (and of a panic while dropping).
+                let db = lease.db.take();
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(db)));
+                Err(StoreError::new(
+                    op,
+                    format!(
+                        "{}: the account file is damaged ({})",
+                        self.inner.path.display(),
+                        panic_text(&*panic)
+                    ),
+                ))
+            }
+        }
+    }
+
+    fn with_lease<T>(
+        &self,
+        lease: &mut Lease,
+        op: &'static str,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         if lease.db.is_some() && lease.opened.elapsed() >= MAX_HOLD {
             lease.db = None;
             std::thread::sleep(YIELD);
         }
+        if self.inner.mode == Mode::ReadOnly && lease.db.is_some() {
+            // A snapshot is read again when the file changed.
+            let modified = std::fs::metadata(&self.inner.path)
+                .and_then(|m| m.modified())
+                .ok();
+            if modified != lease.snapshot_of {
+                lease.db = None;
+            }
+        }
         if lease.db.is_none() {
-            lease.db = Some(self.inner.open_file(op)?);
+            let (db, snapshot_of) = self.inner.open_file(op)?;
+            lease.db = Some(db);
+            lease.snapshot_of = snapshot_of;
             lease.opened = Instant::now();
-            if !lease.janitor {
+            if !lease.janitor && self.inner.mode != Mode::ReadOnly {
                 lease.janitor = spawn_janitor(Arc::downgrade(&self.inner));
             }
         }
         let result = f(lease.db.as_ref().expect("opened above"));
         lease.used = Instant::now();
-        if !lease.janitor {
+        if !lease.janitor && self.inner.mode != Mode::ReadOnly {
             // No thread to close it later: close it now.
             lease.db = None;
         }
@@ -133,16 +265,38 @@ impl Drop for RedbStore {
 }
 
 impl Inner {
-    /// Opens the file, waiting while another process holds it.
-    fn open_file(&self, op: &'static str) -> Result<Database, StoreError> {
+    /// Opens the file, waiting while another process holds it; in read-only mode, a snapshot of
+    /// it in memory, with the modification time it was read at.
+    fn open_file(&self, op: &'static str) -> Result<(Database, Option<SystemTime>), StoreError> {
+        if self.mode == Mode::ReadOnly {
+            let read = |e: io::Error| StoreError::new(op, format!("{}: {e}", self.path.display()));
+            let modified = std::fs::metadata(&self.path)
+                .and_then(|m| m.modified())
+                .map_err(read)?;
+            let bytes = std::fs::read(&self.path).map_err(read)?;
+            if bytes.is_empty() {
+                return Err(StoreError::new(
+                    op,
+                    format!("{}: empty, not an account file", self.path.display()),
+                ));
+            }
+            let db = Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .create_with_backend(Snapshot(RwLock::new(bytes)))
+                .map_err(|e| StoreError::new(op, format!("{}: {e}", self.path.display())))?;
+            return Ok((db, Some(modified)));
+        }
         let deadline = Instant::now() + BUSY_TIMEOUT;
         let mut pause = Duration::from_millis(1);
         loop {
-            match Database::builder()
-                .set_cache_size(CACHE_BYTES)
-                .create(&self.path)
-            {
-                Ok(db) => return Ok(db),
+            let mut builder = Database::builder();
+            builder.set_cache_size(CACHE_BYTES);
+            let opened = match self.mode {
+                Mode::Create => builder.create(&self.path),
+                _ => builder.open(&self.path),
+            };
+            match opened {
+                Ok(db) => return Ok((db, None)),
                 Err(DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(20));
@@ -191,13 +345,67 @@ fn err(op: &'static str, e: impl std::fmt::Display) -> StoreError {
     StoreError::new(op, e)
 }
 
+/// The text of a caught panic.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
+/// A copy of an account file in memory, for reading it without ever writing it: redb's writes
+/// (it may write on open) go to the copy.
+#[derive(Debug)]
+struct Snapshot(RwLock<Vec<u8>>);
+
+impl StorageBackend for Snapshot {
+    fn len(&self) -> Result<u64, io::Error> {
+        Ok(self.0.read().unwrap_or_else(|e| e.into_inner()).len() as u64)
+    }
+
+    fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, io::Error> {
+        let data = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let start = usize::try_from(offset).map_err(io::Error::other)?;
+        data.get(start..start.saturating_add(len))
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end"))
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .resize(len, 0);
+        Ok(())
+    }
+
+    fn sync_data(&self, _: bool) -> Result<(), io::Error> {
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        let mut bytes = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let start = usize::try_from(offset).map_err(io::Error::other)?;
+        let end = start + data.len();
+        if bytes.len() < end {
+            bytes.resize(end, 0);
+        }
+        bytes[start..end].copy_from_slice(data);
+        Ok(())
+    }
+}
+
 impl AccountStore for RedbStore {
     fn password_hash(&self, user_id: &str) -> Result<Option<String>, StoreError> {
         self.with_db("reading an account", |db| {
             let tx = db.begin_read().map_err(|e| err("starting a read", e))?;
-            let table = tx
-                .open_table(ACCOUNTS)
-                .map_err(|e| err("opening the accounts table", e))?;
+            let table = match tx.open_table(ACCOUNTS) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(err("opening the accounts table", e)),
+            };
             let hash = table
                 .get(user_id)
                 .map_err(|e| err("reading an account", e))?;
@@ -215,6 +423,7 @@ impl AccountStore for RedbStore {
         accounts: &[(String, String)],
         replace: bool,
     ) -> Result<usize, StoreError> {
+        self.writable("writing accounts")?;
         self.with_db("writing accounts", |db| {
             let tx = db.begin_write().map_err(|e| err("starting a write", e))?;
             let mut written = 0;
@@ -242,6 +451,7 @@ impl AccountStore for RedbStore {
     }
 
     fn remove(&self, user_id: &str) -> Result<bool, StoreError> {
+        self.writable("removing an account")?;
         self.with_db("removing an account", |db| {
             let tx = db.begin_write().map_err(|e| err("starting a write", e))?;
             let existed = {
@@ -261,9 +471,11 @@ impl AccountStore for RedbStore {
     fn user_ids(&self) -> Result<Vec<String>, StoreError> {
         self.with_db("listing accounts", |db| {
             let tx = db.begin_read().map_err(|e| err("starting a read", e))?;
-            let table = tx
-                .open_table(ACCOUNTS)
-                .map_err(|e| err("opening the accounts table", e))?;
+            let table = match tx.open_table(ACCOUNTS) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(err("opening the accounts table", e)),
+            };
             let mut ids = Vec::new();
             for entry in table.iter().map_err(|e| err("listing accounts", e))? {
                 let (user_id, _) = entry.map_err(|e| err("listing accounts", e))?;
