@@ -317,7 +317,12 @@ impl Client<'_> {
                 let room = user.room as i32;
                 user.queue(&RoomEnterRequest { room_number: room });
             }
-            Packet::LoginResponse(r) if r.result == ResultCode::LOGIN_SERVER_BUSY => {
+            // The server is busy, or throttles the load generator's address (all its users
+            // log in from one): try again a little later.
+            Packet::LoginResponse(r)
+                if r.result == ResultCode::LOGIN_SERVER_BUSY
+                    || r.result == ResultCode::LOGIN_TOO_MANY_ATTEMPTS =>
+            {
                 shared.busy_retries.fetch_add(1, Ordering::Relaxed);
                 user.retry_login_at = Some(Instant::now() + Duration::from_millis(50));
             }

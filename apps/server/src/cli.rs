@@ -121,8 +121,22 @@ pub struct ChatArgs {
     #[arg(long, value_enum, default_value = "close")]
     pub bad_packet: BadPacketArg,
     /// Close a connection that has not logged in within this many seconds (0: never).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub login_timeout: u64,
+    /// Failed logins of one account (from anywhere) before it backs off: 1 s, doubling with
+    /// each further failure; a login meanwhile gets LOGIN_TOO_MANY_ATTEMPTS without a check.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub login_account_failures: u32,
+    /// Failed logins from one address (any account) before it backs off likewise.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub login_addr_failures: u32,
+    /// Password checks one address may have waiting or running at once; more logins from it
+    /// get LOGIN_TOO_MANY_ATTEMPTS at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub login_addr_pending: u32,
+    /// The longest login back-off, in seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub login_backoff_max: u64,
 }
 
 /// `Some(secs)` unless 0.
@@ -180,6 +194,12 @@ impl ChatArgs {
         ChatConfig {
             server: self.server.config(CHAT_KEEPALIVE_SECS),
             login_timeout: seconds(self.login_timeout),
+            throttle: crate::chat::ThrottleConfig {
+                account_failures: self.login_account_failures,
+                addr_failures: self.login_addr_failures,
+                addr_pending: self.login_addr_pending,
+                max_backoff: Duration::from_secs(self.login_backoff_max),
+            },
             rooms: self.rooms,
             room_capacity: self.room_capacity,
             login_threads: self.login_threads as usize,

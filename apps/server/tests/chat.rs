@@ -79,8 +79,77 @@ fn too_many_failed_logins_close_the_connection() {
         assert_eq!(c.login("alice", "guess"), ResultCode::LOGIN_USER_INVALID_PW);
     }
     c.expect_closed();
-    // Another connection may still log in.
-    Client::login_as(server.local_addr(), "alice");
+    // Five failures of the account: it backs off for a second, from any connection, without
+    // a password check; then the right password gets in.
+    let mut again = Client::connect(server.local_addr());
+    assert_eq!(
+        again.login("alice", PASSWORD),
+        ResultCode::LOGIN_TOO_MANY_ATTEMPTS
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(again.login("alice", PASSWORD), ResultCode::NONE);
+    assert_eq!(server.stats().logins_throttled, 1);
+    stop_within(server, STOP);
+}
+
+/// A flood of 1,000 bad logins from other addresses — each connects, sends a login for an
+/// unknown user with a wrong password, and goes — does not hold up a real user's login: it is
+/// answered within a second, because each flooding address may have only a few checks waiting
+/// (the rest are answered at once, unchecked) and the checks of connections already gone are
+/// dropped unchecked.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_real_login_gets_through_a_login_flood() {
+    let server = start(config(1, 4), &["alice"]);
+    let addr = server.local_addr();
+    let flood = |t: u8| {
+        std::thread::spawn(move || {
+            let source: std::net::SocketAddr = format!("127.0.0.{}:0", 2 + t).parse().unwrap();
+            let mut answered = 0;
+            for i in 0..125 {
+                let socket =
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                        .unwrap();
+                socket.bind(&source.into()).unwrap();
+                socket
+                    .connect_timeout(&addr.into(), support::IO_TIMEOUT)
+                    .unwrap();
+                let mut c = Client::wrap(socket.into(), "flood");
+                c.send(&LoginRequest {
+                    user_id: format!("nobody{t}x{i}"),
+                    password: "guess".into(),
+                });
+                // Every tenth waits for its answer (so that some checks are made); the rest
+                // go at once.
+                if i % 10 == 0 {
+                    assert!(matches!(c.recv(), Packet::LoginResponse(_)));
+                    answered += 1;
+                }
+            }
+            answered
+        })
+    };
+    let flooders: Vec<_> = (0..8).map(flood).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut alice = Client::connect(addr);
+    let asked = std::time::Instant::now();
+    assert_eq!(alice.login("alice", PASSWORD), ResultCode::NONE);
+    let took = asked.elapsed();
+    let answered: usize = flooders.into_iter().map(|f| f.join().unwrap()).sum();
+    assert_eq!(answered, 8 * 13);
+    assert!(
+        took < Duration::from_secs(1),
+        "the real login took {took:?} under the flood"
+    );
+    eventually("every flood check settled", || {
+        let s = server.stats();
+        s.logins_refused >= 8 * 13
+    });
+    let stats = server.stats();
+    assert!(
+        stats.logins_throttled + stats.login_checks_dropped > 500,
+        "most of the flood was never hashed: {stats:?}"
+    );
     stop_within(server, STOP);
 }
 
@@ -518,6 +587,8 @@ fn a_login_storm_does_not_stall_chat() {
     names.extend(["alice".to_owned(), "bob".to_owned()]);
     let mut config = config(1, 4);
     config.login_threads = 2;
+    // All from one address: let them all wait for their check.
+    config.throttle.addr_pending = 1000;
     let server =
         iocp_server_app::chat::ChatServer::start(config, slow_accounts(&names, CHECK)).unwrap();
     let addr = server.local_addr();
@@ -579,6 +650,7 @@ fn a_full_login_queue_answers_busy() {
     let mut config = config(1, 4);
     config.login_threads = 1;
     config.login_queue = 2;
+    config.throttle.addr_pending = 1000;
     let server = iocp_server_app::chat::ChatServer::start(
         config,
         slow_accounts(&names, Duration::from_millis(100)),

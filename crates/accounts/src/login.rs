@@ -31,6 +31,9 @@ pub enum Outcome {
     Refused,
     /// The store failed (logged).
     StoreFailed,
+    /// Not checked: nobody wanted the answer any more (the session closed while the job
+    /// waited), so no time was spent hashing.
+    Dropped,
 }
 
 /// A checked login.
@@ -53,33 +56,38 @@ pub struct LoginPool<T> {
 
 impl<T: Send + 'static> LoginPool<T> {
     /// Starts `threads` threads checking logins against `accounts`, with room for `queue` jobs
-    /// waiting. Each answer is handed to `deliver`; a thread ends when `deliver` returns `false`
-    /// (nobody listens any more).
+    /// waiting. A job whose ticket `wanted` no longer accepts when its turn comes is not checked
+    /// ([`Outcome::Dropped`]). Each answer is handed to `deliver`; a thread ends when `deliver`
+    /// returns `false` (nobody listens any more).
     ///
     /// # Errors
     ///
     /// If a thread cannot be spawned.
-    pub fn start<D>(
+    pub fn start<W, D>(
         accounts: Accounts,
         threads: usize,
         queue: usize,
+        wanted: W,
         deliver: D,
     ) -> std::io::Result<LoginPool<T>>
     where
+        W: Fn(&T) -> bool + Send + Sync + 'static,
         D: Fn(LoginDone<T>) -> bool + Send + Sync + 'static,
     {
         let (tx, rx) = sync_channel(queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let deliver = Arc::new(deliver);
+        let wanted = Arc::new(wanted);
         let mut pool = LoginPool {
             jobs: Some(tx),
             threads: Vec::with_capacity(threads),
         };
         for i in 0..threads {
-            let (rx, accounts, deliver) = (rx.clone(), accounts.clone(), deliver.clone());
+            let (rx, accounts) = (rx.clone(), accounts.clone());
+            let (wanted, deliver) = (wanted.clone(), deliver.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("login-{i}"))
-                .spawn(move || check_logins(&rx, &accounts, &*deliver))?;
+                .spawn(move || check_logins(&rx, &accounts, &*wanted, &*deliver))?;
             pool.threads.push(thread);
         }
         Ok(pool)
@@ -123,6 +131,7 @@ impl<T> Drop for LoginPool<T> {
 fn check_logins<T>(
     jobs: &Mutex<Receiver<LoginJob<T>>>,
     accounts: &Accounts,
+    wanted: &dyn Fn(&T) -> bool,
     deliver: &dyn Fn(LoginDone<T>) -> bool,
 ) {
     loop {
@@ -133,6 +142,17 @@ fn check_logins<T>(
                 Err(_) => return,
             }
         };
+        if !wanted(&job.ticket) {
+            let done = LoginDone {
+                ticket: job.ticket,
+                user_id: job.user_id,
+                outcome: Outcome::Dropped,
+            };
+            if !deliver(done) {
+                return;
+            }
+            continue;
+        }
         // A panic in the check (a store that panics on a damaged file, say) costs this login
         // only: the thread goes on with the next.
         let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -174,11 +194,15 @@ mod tests {
         accounts.add("alice", "pw", HashCost::LIGHT, false).unwrap();
         let (tx, rx) = channel();
         let tx = Mutex::new(tx);
-        let pool = LoginPool::start(accounts, 2, 4, move |done| {
-            tx.lock().unwrap().send(done).is_ok()
-        })
+        let pool = LoginPool::start(
+            accounts,
+            2,
+            4,
+            |ticket: &i32| *ticket != 3,
+            move |done| tx.lock().unwrap().send(done).is_ok(),
+        )
         .unwrap();
-        for (ticket, pw) in [(1, "pw"), (2, "wrong")] {
+        for (ticket, pw) in [(1, "pw"), (2, "wrong"), (3, "pw")] {
             let job = LoginJob {
                 ticket,
                 user_id: "alice".into(),
@@ -186,14 +210,21 @@ mod tests {
             };
             assert!(pool.submit(job).is_ok());
         }
-        let mut got: Vec<(i32, Outcome)> = (0..2)
+        let mut got: Vec<(i32, Outcome)> = (0..3)
             .map(|_| {
                 let d = rx.recv_timeout(Duration::from_secs(10)).unwrap();
                 (d.ticket, d.outcome)
             })
             .collect();
         got.sort_by_key(|g| g.0);
-        assert_eq!(got, [(1, Outcome::Accepted), (2, Outcome::Refused)]);
+        assert_eq!(
+            got,
+            [
+                (1, Outcome::Accepted),
+                (2, Outcome::Refused),
+                (3, Outcome::Dropped)
+            ]
+        );
         drop(pool);
         let none = LoginPool::<i32>::none();
         let job = LoginJob {

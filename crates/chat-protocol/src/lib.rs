@@ -148,6 +148,9 @@ result_codes! {
     LOGIN_SERVER_BUSY = 35,
     /// *Ours:* the account store failed (logged on the server).
     LOGIN_STORE_ERROR = 36,
+    /// *Ours:* too many failed logins of this account or from this address (or too many logins
+    /// from this address waiting to be checked): answered at once, without checking; try later.
+    LOGIN_TOO_MANY_ATTEMPTS = 37,
     /// No room object left (tutorial; rooms are made at start, so not sent).
     NEW_ROOM_USED_ALL_OBJ = 41,
     /// Entering a new room failed (tutorial; not sent).
@@ -200,6 +203,7 @@ impl ResultCode {
             }
             ResultCode::LOGIN_SERVER_BUSY => "the server is busy, try again",
             ResultCode::LOGIN_STORE_ERROR => "the server could not check the password",
+            ResultCode::LOGIN_TOO_MANY_ATTEMPTS => "too many login attempts, try again later",
             ResultCode::ENTER_ROOM_INVALID_USER_STATUS => "already in a room (/leave first)",
             ResultCode::ENTER_ROOM_FULL_USER => "the room is full",
             ResultCode::ROOM_INVALID_INDEX => "no such room",

@@ -404,6 +404,11 @@ fn result_codes_match_the_tutorial() {
         ),
         (ResultCode::LOGIN_SERVER_BUSY, 35, "LOGIN_SERVER_BUSY"),
         (ResultCode::LOGIN_STORE_ERROR, 36, "LOGIN_STORE_ERROR"),
+        (
+            ResultCode::LOGIN_TOO_MANY_ATTEMPTS,
+            37,
+            "LOGIN_TOO_MANY_ATTEMPTS",
+        ),
     ];
     for (code, value, name) in table {
         assert_eq!(code.0, value);

@@ -17,8 +17,9 @@ use iocp_chat_protocol::{
 use iocp_packet::{Logic, LogicContext, LogicPackets, PacketResult};
 use iocp_server::{CloseReason, SessionId};
 
-use super::login::{ChatLoginPool, ChatMessage};
+use super::login::{ChatLoginPool, ChatMessage, Ticket};
 use super::rooms::{Member, Rooms};
+use super::throttle::Throttle;
 use super::users::{State, Users};
 use super::{ChatConfig, Counters};
 
@@ -52,6 +53,7 @@ pub(crate) struct ChatLogic {
     login_timeout: Option<Duration>,
     /// When each connection must have logged in by, earliest first (checked on the tick).
     login_deadlines: BinaryHeap<Reverse<(Instant, SessionId)>>,
+    throttle: Throttle,
 }
 
 /// Queues a response; a failure means that the session is closing, which its disconnect handles.
@@ -72,6 +74,7 @@ impl ChatLogic {
             counters,
             login_timeout: config.login_timeout,
             login_deadlines: BinaryHeap::new(),
+            throttle: Throttle::new(config.throttle),
         }
     }
 
@@ -149,13 +152,22 @@ impl ChatLogic {
         };
         // A user logged in on another session may log in again: once the password is checked,
         // the new session takes over (see `login_done`).
+        let addr = user.addr;
+        let now = Instant::now();
         let result = if user.state != State::Connected {
             ResultCode::LOGIN_USER_ALREADY
         } else if !valid_user_id(&request.user_id) {
             ResultCode::LOGIN_USER_INVALID_ID
+        } else if let Err(why) = self.throttle.admit(&request.user_id, addr, now) {
+            tracing::debug!(
+                "session {session}: login of {:?} throttled: {why:?}",
+                request.user_id
+            );
+            Counters::add(&self.counters.logins_throttled, 1);
+            ResultCode::LOGIN_TOO_MANY_ATTEMPTS
         } else {
             let job = LoginJob {
-                ticket: session,
+                ticket: (session, addr),
                 user_id: request.user_id.clone(),
                 password: request.password,
             };
@@ -166,7 +178,11 @@ impl ChatLogic {
                     }
                     return Ok(());
                 }
-                Err(_) => ResultCode::LOGIN_SERVER_BUSY,
+                Err(job) => {
+                    self.throttle.cancel(addr);
+                    drop(job);
+                    ResultCode::LOGIN_SERVER_BUSY
+                }
             }
         };
         self.refused_login(ctx, session, result);
@@ -174,12 +190,23 @@ impl ChatLogic {
     }
 
     /// A password check came back.
-    fn login_done(&mut self, ctx: &mut LogicContext<'_>, done: LoginDone<SessionId>) {
+    fn login_done(&mut self, ctx: &mut LogicContext<'_>, done: LoginDone<Ticket>) {
         let LoginDone {
-            ticket: session,
+            ticket: (session, addr),
             user_id,
             outcome,
         } = done;
+        match outcome {
+            Outcome::Accepted | Outcome::Refused => {
+                let failed = outcome == Outcome::Refused;
+                self.throttle.done(&user_id, addr, failed, Instant::now());
+            }
+            Outcome::StoreFailed | Outcome::Dropped => self.throttle.cancel(addr),
+        }
+        if outcome == Outcome::Dropped {
+            Counters::add(&self.counters.login_checks_dropped, 1);
+            return; // its session is gone
+        }
         let Some(user) = self.users.get_mut(session) else {
             return; // disconnected meanwhile
         };
@@ -194,6 +221,7 @@ impl ChatLogic {
                 ResultCode::LOGIN_USER_INVALID_PW
             }
             Outcome::StoreFailed => ResultCode::LOGIN_STORE_ERROR,
+            Outcome::Dropped => unreachable!("handled above"),
         };
         let failed = user.failed_logins;
         if result != ResultCode::NONE {
@@ -397,7 +425,7 @@ impl Logic for ChatLogic {
 
     fn on_connect(&mut self, _ctx: &mut LogicContext<'_>, session: SessionId, peer: SocketAddr) {
         tracing::debug!("session {session}: connected from {peer}");
-        self.users.connect(session);
+        self.users.connect(session, peer.ip());
         if let Some(timeout) = self.login_timeout {
             self.login_deadlines
                 .push(Reverse((Instant::now() + timeout, session)));

@@ -37,7 +37,10 @@
 mod logic;
 mod login;
 mod rooms;
+mod throttle;
 mod users;
+
+pub use throttle::ThrottleConfig;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,6 +72,8 @@ pub struct ChatConfig {
     pub bad_packet: BadPacket,
     /// Close a connection that has not logged in within this time; `None`: never.
     pub login_timeout: Option<std::time::Duration>,
+    /// Limits on failed and waiting logins, per account and per address.
+    pub throttle: ThrottleConfig,
 }
 
 impl Default for ChatConfig {
@@ -82,6 +87,7 @@ impl Default for ChatConfig {
             queue: QueueOptions::default(),
             bad_packet: BadPacket::Close,
             login_timeout: Some(std::time::Duration::from_secs(10)),
+            throttle: ThrottleConfig::default(),
         }
     }
 }
@@ -99,6 +105,10 @@ pub struct ChatStats {
     pub logins_replaced: u64,
     /// Connections closed for not logging in within the login timeout.
     pub login_timeouts: u64,
+    /// Logins answered at once without a check, for too many failures or checks waiting.
+    pub logins_throttled: u64,
+    /// Password checks not done because their session closed while they waited.
+    pub login_checks_dropped: u64,
     /// Room entries.
     pub room_enters: u64,
     /// Chat messages accepted.
@@ -111,13 +121,15 @@ impl std::fmt::Display for ChatStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "chat: {} online | logins {} ok, {} refused, {} replaced, {} timed out | room enters {} | \
-             chats {} → {} notifies",
+            "chat: {} online | logins {} ok, {} refused, {} throttled, {} replaced, {} timed out, \
+             {} checks dropped | room enters {} | chats {} → {} notifies",
             self.online,
             self.logins,
             self.logins_refused,
+            self.logins_throttled,
             self.logins_replaced,
             self.login_timeouts,
+            self.login_checks_dropped,
             self.room_enters,
             self.chats,
             self.notifies
@@ -133,6 +145,8 @@ pub(crate) struct Counters {
     logins_refused: AtomicU64,
     logins_replaced: AtomicU64,
     login_timeouts: AtomicU64,
+    logins_throttled: AtomicU64,
+    login_checks_dropped: AtomicU64,
     room_enters: AtomicU64,
     chats: AtomicU64,
     notifies: AtomicU64,
@@ -155,6 +169,8 @@ impl Counters {
             logins_refused: get(&self.logins_refused),
             logins_replaced: get(&self.logins_replaced),
             login_timeouts: get(&self.login_timeouts),
+            logins_throttled: get(&self.logins_throttled),
+            login_checks_dropped: get(&self.login_checks_dropped),
             room_enters: get(&self.room_enters),
             chats: get(&self.chats),
             notifies: get(&self.notifies),
@@ -197,14 +213,22 @@ impl ChatServer {
             ..PacketOptions::for_config(&config.server)
         };
         let mut pool_error = None;
+        let server = Arc::new(std::sync::OnceLock::new());
         let inner = packets.start_with(config.server.clone(), options, config.queue, |sender| {
-            let login = login::start(accounts, config.login_threads, config.login_queue, sender)
-                .unwrap_or_else(|e| {
-                    pool_error = Some(e);
-                    ChatLoginPool::none()
-                });
+            let login = login::start(
+                accounts,
+                config.login_threads,
+                config.login_queue,
+                server.clone(),
+                sender,
+            )
+            .unwrap_or_else(|e| {
+                pool_error = Some(e);
+                ChatLoginPool::none()
+            });
             ChatLogic::new(&config, login, counters.clone())
         })?;
+        let _ = server.set(inner.handle());
         if let Some(source) = pool_error {
             let _ = inner.shutdown();
             return Err(iocp_server::Error::Io {

@@ -26,6 +26,8 @@ pub(crate) enum State {
 #[derive(Debug)]
 pub(crate) struct User {
     pub(crate) session: SessionId,
+    /// The address it connected from.
+    pub(crate) addr: std::net::IpAddr,
     pub(crate) state: State,
     /// Failed logins on this connection.
     pub(crate) failed_logins: u32,
@@ -48,13 +50,14 @@ impl Users {
     }
 
     /// A session connected.
-    pub(crate) fn connect(&mut self, session: SessionId) {
+    pub(crate) fn connect(&mut self, session: SessionId, addr: std::net::IpAddr) {
         let index = session.index as usize;
         if index >= self.slots.len() {
             self.slots.resize_with(index + 1, || None);
         }
         self.slots[index] = Some(User {
             session,
+            addr,
             state: State::Connected,
             failed_logins: 0,
         });
