@@ -6,7 +6,7 @@
 #   3. the driver's, the server's and the wire's tests, cross-compiled and run under Wine
 #      (the server's integration suite runs on the IOCP backend there);
 #   4. iocp-server.exe (echo) under Wine, driven over loopback by iocp-load built for Linux,
-#      which checks every byte;
+#      which checks every byte, then stopped with Ctrl+C (a graceful shutdown, exit status 0);
 #   5. wait for the wineserver to exit.
 #
 # Every step is bounded in time. Run from anywhere: bash ci/windows/test.sh
@@ -76,9 +76,26 @@ timeout 120 "$TARGET_DIR/debug/iocp-load" echo --addr "$ADDR" --connections 200 
   --pipeline 8 --duration 2s
 timeout 120 "$TARGET_DIR/debug/iocp-load" echo --addr "$ADDR" --connections 20 --size 200000 \
   --pipeline 2 --duration 2s
-kill "$SERVER_PID" 2>/dev/null || true
-wait "$SERVER_PID" 2>/dev/null || true
+# Ctrl+C (Wine turns SIGINT into CTRL_C_EVENT): a graceful shutdown and a clean exit.
+kill -INT "$SERVER_PID"
+STATUS=0
+for _ in $(seq 1 300); do
+  kill -0 "$SERVER_PID" 2>/dev/null || break
+  sleep 0.1
+done
+if kill -0 "$SERVER_PID" 2>/dev/null; then
+  cat "$LOG" >&2
+  echo "windows: iocp-server.exe did not stop within 30 s of Ctrl+C" >&2
+  exit 1
+fi
+wait "$SERVER_PID" || STATUS=$?
 SERVER_PID=""
+if [ "$STATUS" -ne 0 ] || ! grep -q "console event" "$LOG" || ! grep -q "stopped:" "$LOG"; then
+  cat "$LOG" >&2
+  echo "windows: Ctrl+C did not shut iocp-server.exe down gracefully (exit status $STATUS)" >&2
+  exit 1
+fi
+grep -m1 "console event" "$LOG"
 
 step "waiting for the wineserver to exit"
 "$RUNNER" --wait

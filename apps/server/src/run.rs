@@ -27,24 +27,43 @@ pub(crate) fn report_stats(
     }
 }
 
-/// SIGINT and SIGTERM, caught from the moment [`catch_signals`] returns (before the server
-/// starts, so that a signal that comes early is not lost), until [`Signals::shut_down_with`]
-/// hands them to a server.
+/// SIGINT, SIGTERM and SIGHUP (Ctrl+C, Ctrl+Break and closing the console on Windows), caught
+/// from the moment [`catch_signals`] returns (before the server starts, so that a signal that
+/// comes early is not lost), until [`Signals::shut_down_with`] hands them to a server.
+///
+/// The first one starts a graceful shutdown; a second one ends the process at once, with the
+/// shell's status for that signal (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP; 130 on
+/// Windows). SIGHUP shuts down like SIGTERM: the server has no configuration to reload, and a
+/// server whose terminal went away should stop cleanly rather than die.
 pub(crate) struct Signals {
     #[cfg(unix)]
     signals: signal_hook::iterator::Signals,
+    #[cfg(windows)]
+    events: std::sync::mpsc::Receiver<()>,
 }
 
-/// Starts catching SIGINT and SIGTERM.
+/// Starts catching the signals.
 #[cfg(unix)]
 pub(crate) fn catch_signals() -> std::io::Result<Signals> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     Ok(Signals {
-        signals: signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?,
+        signals: signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?,
     })
 }
 
-#[cfg(not(unix))]
+/// Starts catching the console's control events (Ctrl+C, Ctrl+Break, closing the console,
+/// logoff, system shutdown).
+#[cfg(windows)]
+pub(crate) fn catch_signals() -> std::io::Result<Signals> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })
+    .map_err(std::io::Error::other)?;
+    Ok(Signals { events: rx })
+}
+
+#[cfg(not(any(unix, windows)))]
 pub(crate) fn catch_signals() -> std::io::Result<Signals> {
     Err(std::io::Error::new(
         std::io::ErrorKind::Unsupported,
@@ -62,13 +81,15 @@ impl Signals {
             .spawn(move || {
                 let mut seen = false;
                 for signal in self.signals.forever() {
+                    let name = signal_hook::low_level::signal_name(signal).unwrap_or("signal");
                     if seen {
-                        tracing::warn!("second signal {signal}: exiting now");
-                        std::process::exit(130);
+                        tracing::warn!("second signal ({name}): exiting now");
+                        std::process::exit(128 + signal);
                     }
                     seen = true;
                     tracing::info!(
-                        "signal {signal}: shutting down (flushing for up to the linger time)"
+                        "{name}: shutting down (flushing for up to the linger time; a second \
+                         signal exits at once)"
                     );
                     handle.shutdown();
                 }
@@ -76,7 +97,29 @@ impl Signals {
         Ok(())
     }
 
-    #[cfg(not(unix))]
+    #[cfg(windows)]
+    pub(crate) fn shut_down_with(self, handle: ServerHandle) -> std::io::Result<()> {
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let mut seen = false;
+                while self.events.recv().is_ok() {
+                    if seen {
+                        tracing::warn!("second console event: exiting now");
+                        std::process::exit(130);
+                    }
+                    seen = true;
+                    tracing::info!(
+                        "console event (Ctrl+C, Ctrl+Break or close): shutting down (flushing \
+                         for up to the linger time; a second one exits at once)"
+                    );
+                    handle.shutdown();
+                }
+            })?;
+        Ok(())
+    }
+
+    #[cfg(not(any(unix, windows)))]
     pub(crate) fn shut_down_with(self, _handle: ServerHandle) -> std::io::Result<()> {
         Ok(())
     }

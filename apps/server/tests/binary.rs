@@ -411,3 +411,63 @@ fn chat_on_a_busy_port_creates_no_account_file() {
         "the account file was created before the bind failed"
     );
 }
+
+/// Sends `signal` (a `kill` name) to the server process.
+#[cfg(unix)]
+fn signal(server: &ServerProcess, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// SIGHUP shuts down gracefully, as SIGTERM does; a second signal during a shutdown that is
+/// still flushing ends the process at once with the shell's status for that signal.
+#[cfg(unix)]
+#[test]
+fn signals_shut_down_gracefully_and_a_second_one_exits_with_its_status() {
+    let mut server = ServerProcess::start(&["echo", "--addr", "127.0.0.1:0", "--workers", "1"]);
+    let mut c = Client::connect(server.addr);
+    c.send_raw(b"hi");
+    signal(&server, "HUP");
+    server.wait_for("SIGHUP: shutting down");
+    server.wait_for("stopped");
+    let status = wait_status(&mut server.child, IO_TIMEOUT);
+    assert_eq!(status.code(), Some(0), "SIGHUP: a clean exit");
+
+    for (second, code) in [("INT", 130), ("TERM", 143)] {
+        let mut server = ServerProcess::start(&[
+            "echo",
+            "--addr",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--linger",
+            "30",
+            "--send-queue-limit",
+            "67108864",
+        ]);
+        // A client that sends without reading: its echo stays queued, so the shutdown's
+        // flush waits for the linger time.
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket
+            .connect_timeout(&server.addr.into(), IO_TIMEOUT)
+            .unwrap();
+        let mut stream: std::net::TcpStream = socket.into();
+        // More than the kernel's buffers hold (the peer's window is closed).
+        stream.write_all(&vec![7u8; 12 << 20]).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        signal(&server, "TERM");
+        server.wait_for("SIGTERM: shutting down");
+        std::thread::sleep(Duration::from_millis(200));
+        let started = Instant::now();
+        signal(&server, second);
+        let status = wait_status(&mut server.child, IO_TIMEOUT);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(status.code(), Some(code), "second signal SIG{second}");
+        drop(stream);
+    }
+}
