@@ -49,32 +49,36 @@ pub struct ServerArgs {
     #[arg(long, default_value = "127.0.0.1:11021")]
     pub addr: SocketAddr,
     /// Worker threads, each with its own completion port [default: number of cores].
-    #[arg(long)]
-    pub workers: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: Option<u32>,
     /// Pin worker n to the n-th CPU the process may use (for a server with its cores to itself).
     #[arg(long)]
     pub pin_workers: bool,
-    /// Session slots allocated at start; connections beyond them are refused.
-    #[arg(long, default_value_t = 10_000)]
+    /// Session slots allocated at start; connections beyond them are refused. The server
+    /// refuses to start if the table would not fit in the memory available.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
     pub max_sessions: u32,
-    /// Bytes a session may have queued for sending before it is disconnected as a slow reader.
-    #[arg(long, default_value_t = 4 * 1024 * 1024)]
-    pub send_queue_limit: usize,
+    /// Bytes a session may have queued for sending before it is disconnected as a slow reader
+    /// (at least a page: a smaller limit would cut off every client).
+    #[arg(long, default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(4096..=(1 << 30)))]
+    pub send_queue_limit: u64,
     /// Print a one-line summary of the statistics every this many seconds (0: never).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub stats_interval: u64,
     /// Completion backend: auto (io_uring, else poll), uring, poll, iocp.
     #[arg(long, default_value = "auto")]
     pub backend: BackendChoice,
-    /// Seconds a closing session (and shutdown) may spend flushing its queue.
-    #[arg(long, default_value_t = 5)]
+    /// Seconds a closing session (and shutdown) may spend flushing its queue (at most an hour).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub linger: u64,
-    /// Close a session from which nothing arrived for this many seconds (0: never).
-    #[arg(long, default_value_t = 0)]
+    /// Close a session from which nothing arrived for this many seconds (0: never; at most a
+    /// week).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=604_800))]
     pub idle_timeout: u64,
     /// TCP keepalive probes after this many seconds without traffic, so that peers whose
-    /// machine vanished are found (0: off) [default: off for echo, 60 for chat].
-    #[arg(long)]
+    /// machine vanished are found (0: off; at most 32,767, the kernel's limit) [default: off
+    /// for echo, 60 for chat].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=32_767))]
     pub tcp_keepalive: Option<u64>,
 }
 
@@ -108,11 +112,12 @@ pub struct ChatArgs {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub login_threads: u32,
     /// Logins that may wait for a password check; more are answered LOGIN_SERVER_BUSY.
-    #[arg(long, default_value_t = 1024)]
-    pub login_queue: usize,
-    /// Events the logic thread's queue holds.
-    #[arg(long, default_value_t = 16 * 1024)]
-    pub logic_queue: usize,
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub login_queue: u64,
+    /// Events the logic thread's queue holds (at least 64 with `--when-full disconnect`, so
+    /// that an ordinary burst does not cut sessions off).
+    #[arg(long, default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
+    pub logic_queue: u64,
     /// When the logic queue is full: `wait` (the I/O worker waits; nothing is dropped) or
     /// `disconnect` (the session whose packet does not fit is closed).
     #[arg(long, value_enum, default_value = "wait")]
@@ -173,7 +178,7 @@ impl ServerArgs {
         let mut config = Config {
             addr: self.addr,
             max_sessions: self.max_sessions,
-            send_queue_limit: self.send_queue_limit,
+            send_queue_limit: self.send_queue_limit as usize,
             backend: self.backend,
             linger: Duration::from_secs(self.linger),
             pin_workers: self.pin_workers,
@@ -182,7 +187,7 @@ impl ServerArgs {
             ..Config::default()
         };
         if let Some(workers) = self.workers {
-            config.workers = workers;
+            config.workers = workers as usize;
         }
         config
     }
@@ -203,9 +208,9 @@ impl ChatArgs {
             rooms: self.rooms,
             room_capacity: self.room_capacity,
             login_threads: self.login_threads as usize,
-            login_queue: self.login_queue,
+            login_queue: self.login_queue as usize,
             queue: QueueOptions {
-                capacity: self.logic_queue,
+                capacity: self.logic_queue as usize,
                 when_full: match self.when_full {
                     WhenFullArg::Wait => WhenFull::Wait,
                     WhenFullArg::Disconnect => WhenFull::Disconnect,
@@ -286,6 +291,14 @@ fn run_echo(args: &EchoArgs) -> ExitCode {
 }
 
 fn run_chat(args: &ChatArgs) -> ExitCode {
+    if matches!(args.when_full, WhenFullArg::Disconnect) && args.logic_queue < 64 {
+        tracing::error!(
+            "--logic-queue {} with --when-full disconnect: at least 64, or an ordinary burst of \
+             packets would cut sessions off",
+            args.logic_queue
+        );
+        return ExitCode::FAILURE;
+    }
     let accounts = match crate::users::chat_accounts(&args.db) {
         Ok(accounts) => accounts,
         Err(e) => {

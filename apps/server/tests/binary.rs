@@ -471,3 +471,97 @@ fn signals_shut_down_gracefully_and_a_second_one_exits_with_its_status() {
         drop(stream);
     }
 }
+
+/// Absurd numbers are refused with a message that names the flag and its range, before anything
+/// starts; a session table that would not fit in memory is refused with its size.
+#[test]
+fn absurd_flag_values_are_refused() {
+    for (args, flag) in [
+        (
+            &["echo", "--linger", "10000000000000000000"][..],
+            "--linger",
+        ),
+        (
+            &["echo", "--max-sessions", "4294967295"][..],
+            "--max-sessions",
+        ),
+        (&["echo", "--max-sessions", "0"][..], "--max-sessions"),
+        (
+            &["echo", "--send-queue-limit", "0"][..],
+            "--send-queue-limit",
+        ),
+        (&["echo", "--workers", "0"][..], "--workers"),
+        (
+            &["echo", "--idle-timeout", "99999999999"][..],
+            "--idle-timeout",
+        ),
+        (&["echo", "--tcp-keepalive", "40000"][..], "--tcp-keepalive"),
+        (&["chat", "--logic-queue", "0"][..], "--logic-queue"),
+        (&["chat", "--login-queue", "0"][..], "--login-queue"),
+        (
+            &["chat", "--login-timeout", "999999999"][..],
+            "--login-timeout",
+        ),
+    ] {
+        let out = run(args, "");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        let err = text(&out.stderr);
+        assert!(err.contains(flag), "{args:?}: {err}");
+        assert!(err.contains("is not in"), "{args:?} says the range: {err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("x.redb");
+    let out = run(
+        &[
+            "chat",
+            "--addr",
+            "127.0.0.1:0",
+            "--logic-queue",
+            "1",
+            "--when-full",
+            "disconnect",
+            "--db",
+            db.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("at least 64"),
+        "{}",
+        text(&out.stderr)
+    );
+    // 100 million sessions need tens of GiB: refused at start, with the size (on a machine
+    // with less than 60 GiB available).
+    let available_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m
+                .lines()
+                .find(|l| l.starts_with("MemAvailable:"))?
+                .to_owned();
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map(|kib| kib >> 20);
+    if available_gib.is_none_or(|g| g >= 60) {
+        return;
+    }
+    let out = run(
+        &[
+            "echo",
+            "--addr",
+            "127.0.0.1:0",
+            "--max-sessions",
+            "100000000",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("MiB at start"), "{err}");
+}

@@ -949,3 +949,46 @@ fn a_damaged_account_file_is_answered_and_survived() {
     Client::login_as(addr, "carol");
     stop_within(server, STOP);
 }
+
+/// With a logic queue of one event and clients sending as fast as they can, shutdown still ends
+/// within the linger time and a second: no worker stays blocked on the full queue.
+#[test]
+fn shutdown_with_a_tiny_logic_queue_ends_within_the_linger() {
+    let mut config = config(1, 4);
+    config.queue.capacity = 1;
+    config.server.linger = Duration::from_secs(2);
+    let server = start(config, &[]);
+    let addr = server.local_addr();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let senders: Vec<_> = (0..16)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                let echo = iocp_chat_protocol::DevEcho {
+                    data: vec![9; 1000],
+                }
+                .encode();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if std::io::Write::write_all(&mut c.stream, &echo).is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let stopping = std::time::Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(server.shutdown());
+    });
+    let result = rx.recv_timeout(Duration::from_secs(10));
+    let took = stopping.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    result.expect("shutdown ended").expect("cleanly");
+    for s in senders {
+        s.join().unwrap();
+    }
+    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+}

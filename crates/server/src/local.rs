@@ -44,6 +44,9 @@ pub(crate) enum Fired {
     Internal,
 }
 
+/// Bytes of one [`Record`].
+pub(crate) const RECORD_BYTES: usize = size_of::<Record>();
+
 /// What a worker keeps for one session slot.
 #[derive(Default)]
 pub(crate) struct Record {

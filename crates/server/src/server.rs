@@ -45,11 +45,29 @@ impl Server {
     /// Binds the listening socket, allocates the session pool and starts the worker threads (the
     /// seed's `Init`, `BindAndListen`, `CreateClient` and `CreateWorkerThread`).
     pub fn start<H: Handler>(config: Config, handler: H) -> Result<Server> {
-        if config.workers == 0 || config.max_sessions == 0 {
+        if config.workers == 0 || config.max_sessions == 0 || config.send_queue_limit == 0 {
             return Err(Error::Config(
-                "workers and max_sessions must be at least 1".into(),
+                "workers, max_sessions and send_queue_limit must be at least 1".into(),
             ));
         }
+        let table = session_table_bytes::<H::Session>(config.max_sessions);
+        if let Some(available) = available_memory() {
+            if table > available / 2 {
+                return Err(Error::Config(format!(
+                    "{} sessions would take {} MiB at start ({} B each), more than half of the \
+                     {} MiB of memory available: lower max_sessions",
+                    config.max_sessions,
+                    table >> 20,
+                    table / u64::from(config.max_sessions),
+                    available >> 20
+                )));
+            }
+        }
+        tracing::debug!(
+            "the session table takes {} KiB ({} sessions)",
+            table >> 10,
+            config.max_sessions
+        );
         let workers = config.workers.min(config.max_sessions as usize);
         let descriptor_limit = raise_open_file_limit(config.max_sessions);
         let listener = bind(&config)?;
@@ -168,6 +186,23 @@ impl Server {
         self.handle.shutdown();
         self.join()
     }
+}
+
+/// Memory the session table takes at start, per slot: the slot table and free list, the
+/// worker's record and the handler's state, the driver's connection and its backend's slot.
+fn session_table_bytes<S>(max_sessions: u32) -> u64 {
+    /// The driver's connection and its backend's per-slot state, at most.
+    const DRIVER_PER_SLOT: u64 = 192;
+    let per_slot = 8 + crate::local::RECORD_BYTES as u64 + size_of::<S>() as u64 + DRIVER_PER_SLOT;
+    per_slot * u64::from(max_sessions)
+}
+
+/// The memory available to the process (Linux: `MemAvailable`), if known.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Descriptors the server needs besides one per session: listener, rings, wake-ups, logs.
