@@ -565,3 +565,45 @@ fn absurd_flag_values_are_refused() {
     let err = text(&out.stderr);
     assert!(err.contains("MiB at start"), "{err}");
 }
+
+/// 600 connections that send garbage are each closed, but the log gets at most one warning a
+/// second for them (the next one says how many were not logged).
+#[cfg(unix)]
+#[test]
+fn closes_for_bad_input_are_logged_once_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.redb");
+    let mut server = ServerProcess::start(&[
+        "chat",
+        "--addr",
+        "127.0.0.1:0",
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    let started = Instant::now();
+    for _ in 0..600 {
+        let mut c = Client::connect(server.addr);
+        c.send_raw(b"GET / HTTP/1.1\r\n\r\n");
+        c.expect_closed();
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    signal(&server, "TERM");
+    let mut warnings = 0;
+    loop {
+        let line = server
+            .lines
+            .recv_timeout(IO_TIMEOUT)
+            .expect("the log goes on to the end");
+        if line.contains("closing it") {
+            warnings += 1;
+        }
+        if line.contains("stopped:") {
+            break;
+        }
+    }
+    assert!(
+        (1..=seconds + 1).contains(&warnings),
+        "{warnings} warnings for 600 bad connections in {seconds} s"
+    );
+    let _ = wait_status(&mut server.child, IO_TIMEOUT);
+}

@@ -118,6 +118,8 @@ pub struct Io {
     finished: VecDeque<(ConnId, Option<io::Error>)>,
     /// Connections with nothing in flight any more, whose socket is closed once the backend has
     /// let go of it ([`Port::release`]); then [`Event::Closed`] is reported.
+    /// Bytes the kernel took from the send queues, since the start.
+    bytes_sent: u64,
     /// Finished connections to release: id, error, socket, whether to reset it.
     released: Vec<(ConnId, Option<io::Error>, Option<Socket>, bool)>,
     arena: BytesMut,
@@ -188,6 +190,7 @@ impl Driver {
                 ops: Vec::with_capacity(256),
                 finished: VecDeque::new(),
                 released: Vec::new(),
+                bytes_sent: 0,
                 arena: BytesMut::new(),
                 accept: Accept {
                     backoff: ACCEPT_BACKOFF_MIN,
@@ -264,6 +267,12 @@ impl Io {
     /// Number of connection slots.
     pub fn capacity(&self) -> u32 {
         self.conns.len() as u32
+    }
+
+    /// Bytes the kernel has taken from the send queues (sent, or at least in the socket's
+    /// buffer) since the driver started: what was delivered, as opposed to what was queued.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent
     }
 
     /// Starts accepting connections on `listener` (a listening socket). The driver keeps its own
@@ -582,6 +591,9 @@ impl Io {
                 event
             }
             Completion::Send { token, result } => {
+                if let Ok(n) = result {
+                    self.bytes_sent += n as u64;
+                }
                 let id = token.conn();
                 let c = self.conn_of(id)?;
                 c.flags &= !(flag::SEND | flag::SEND_SUBMITTED);

@@ -69,6 +69,7 @@ mod error;
 pub mod logic;
 pub mod on_worker;
 mod options;
+mod ratelog;
 mod slots;
 mod table;
 

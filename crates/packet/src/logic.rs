@@ -506,7 +506,7 @@ impl<M: Send + 'static> LogicFront<M> {
         };
         bump(&self.counters.closed_queue_full);
         closing(ctx);
-        tracing::warn!("session {session}: {overloaded}: closing it");
+        crate::ratelog::closing(session, &overloaded);
         let _ = ctx.close_with(session, CloseReason::Overloaded(overloaded));
         false
     }
@@ -529,7 +529,7 @@ impl<M: Send + 'static> LogicFront<M> {
     /// queued before it (their replies still go out). With [`WhenFull::Disconnect`] and the
     /// queue full, at once.
     fn refuse<S>(&self, ctx: &mut Context<'_, S>, session: SessionId, error: &PacketError) {
-        tracing::warn!("session {session}: {error}: closing it");
+        crate::ratelog::closing(session, &error);
         let event = Event::Close(session, CloseReason::Protocol(error.to_string()));
         match (self.queue.when_full, self.tx.try_send(event)) {
             (_, Ok(())) => {}
@@ -773,7 +773,7 @@ fn run<L: Logic>(
                     if bad_packet == BadPacket::Ignore && !error.is_framing() {
                         tracing::debug!("session {session}: {error}: packet ignored");
                     } else {
-                        tracing::warn!("session {session}: {error}: closing it");
+                        crate::ratelog::closing(session, &error);
                         let _ = ctx.close_with(session, CloseReason::Protocol(error.to_string()));
                     }
                 }

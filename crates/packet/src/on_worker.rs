@@ -196,6 +196,6 @@ impl<S: WorkerLogic> Handler for WorkerHandler<S> {
 
 /// Closes `session` for `error`, with a log line.
 pub(crate) fn refuse<S>(ctx: &mut Context<'_, S>, session: SessionId, error: &PacketError) {
-    tracing::warn!("session {session}: {error}: closing it");
+    crate::ratelog::closing(session, &error);
     let _ = ctx.close_with(session, CloseReason::Protocol(error.to_string()));
 }

@@ -15,6 +15,7 @@ pub(crate) struct WorkerStats {
     closed: [AtomicU64; CloseReason::KINDS],
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    bytes_delivered: AtomicU64,
     messages_in: AtomicU64,
     messages_out: AtomicU64,
 }
@@ -46,6 +47,11 @@ impl WorkerStats {
         bump(&self.messages_in, 1);
     }
 
+    /// The worker's driver has handed `total` bytes to the kernel since it started.
+    pub(crate) fn set_delivered(&self, total: u64) {
+        self.bytes_delivered.store(total, Ordering::Relaxed);
+    }
+
     #[inline]
     pub(crate) fn sent(&self, bytes: usize) {
         bump(&self.bytes_out, bytes as u64);
@@ -61,6 +67,7 @@ impl WorkerStats {
         }
         s.bytes_in += get(&self.bytes_in);
         s.bytes_out += get(&self.bytes_out);
+        s.bytes_delivered += get(&self.bytes_delivered);
         s.messages_in += get(&self.messages_in);
         s.messages_out += get(&self.messages_out);
     }
@@ -81,6 +88,9 @@ pub struct Stats {
     pub bytes_in: u64,
     /// Bytes handed to sessions' send queues.
     pub bytes_out: u64,
+    /// Bytes the kernel took from the send queues (sent, or in a socket's buffer): what was
+    /// queued less what is still queued or was dropped with a session that closed.
+    pub bytes_delivered: u64,
     /// Receive completions delivered to the handler.
     pub messages_in: u64,
     /// Messages queued for sending.
@@ -131,8 +141,12 @@ impl fmt::Display for Stats {
         }
         write!(
             f,
-            ") | in {} msgs {} B | out {} msgs {} B",
-            self.messages_in, self.bytes_in, self.messages_out, self.bytes_out
+            ") | in {} msgs {} B | out {} msgs {} B queued, {} B delivered",
+            self.messages_in,
+            self.bytes_in,
+            self.messages_out,
+            self.bytes_out,
+            self.bytes_delivered
         )
     }
 }

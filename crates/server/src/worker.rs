@@ -329,6 +329,7 @@ pub(crate) fn run<H: Handler>(
             w.run_command(driver.io(), command);
         }
         w.fire_timers(driver.io());
+        w.local.stats().set_delivered(driver.io().bytes_sent());
         if w.local.shutting_down && w.local.open == 0 && !driver.io().is_accepting() {
             break;
         }

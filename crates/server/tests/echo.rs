@@ -55,6 +55,10 @@ fn many_clients_random_sizes(backend: BackendChoice) {
     assert_eq!(stats.accepted, CLIENTS as u64);
     assert_eq!(stats.bytes_in, total as u64);
     assert_eq!(stats.bytes_out, total as u64);
+    assert_eq!(
+        stats.bytes_delivered, total as u64,
+        "every byte queued was delivered"
+    );
     stop_within(server, Duration::from_secs(10));
 }
 

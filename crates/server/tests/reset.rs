@@ -83,6 +83,11 @@ fn cut_off_readers_leave_no_orphans(backend: BackendChoice) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    let stats = server.handle().stats();
+    assert!(
+        stats.bytes_delivered < stats.bytes_out,
+        "what was dropped with the cut-off readers was queued, not delivered: {stats:?}"
+    );
     drop(readers);
     stop_within(server, Duration::from_secs(10));
 }
