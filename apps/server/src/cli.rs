@@ -142,6 +142,10 @@ pub struct ChatArgs {
     /// The longest login back-off, in seconds.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub login_backoff_max: u64,
+    /// Check this often (seconds) that the logged-in users' accounts still exist: a user removed
+    /// with `users remove` loses its session (0: never).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub account_check: u64,
 }
 
 /// `Some(secs)` unless 0.
@@ -199,6 +203,7 @@ impl ChatArgs {
         ChatConfig {
             server: self.server.config(CHAT_KEEPALIVE_SECS),
             login_timeout: seconds(self.login_timeout),
+            account_check: seconds(self.account_check),
             throttle: crate::chat::ThrottleConfig {
                 account_failures: self.login_account_failures,
                 addr_failures: self.login_addr_failures,

@@ -17,7 +17,7 @@ use iocp_chat_protocol::{
 use iocp_packet::{Logic, LogicContext, LogicPackets, PacketResult};
 use iocp_server::{CloseReason, SessionId};
 
-use super::login::{ChatLoginPool, ChatMessage, Ticket};
+use super::login::{Audit, ChatLoginPool, ChatMessage, Ticket};
 use super::rooms::{Member, Rooms};
 use super::throttle::Throttle;
 use super::users::{State, Users};
@@ -54,6 +54,10 @@ pub(crate) struct ChatLogic {
     /// When each connection must have logged in by, earliest first (checked on the tick).
     login_deadlines: BinaryHeap<Reverse<(Instant, SessionId)>>,
     throttle: Throttle,
+    audit: Audit,
+    /// How often the logged-in users' accounts are checked, and when next.
+    audit_every: Option<Duration>,
+    next_audit: Instant,
 }
 
 /// Queues a response; a failure means that the session is closing, which its disconnect handles.
@@ -65,6 +69,7 @@ impl ChatLogic {
     pub(crate) fn new(
         config: &ChatConfig,
         login: ChatLoginPool,
+        audit: Audit,
         counters: Arc<Counters>,
     ) -> ChatLogic {
         ChatLogic {
@@ -75,6 +80,9 @@ impl ChatLogic {
             login_timeout: config.login_timeout,
             login_deadlines: BinaryHeap::new(),
             throttle: Throttle::new(config.throttle),
+            audit,
+            audit_every: config.account_check,
+            next_audit: Instant::now(),
         }
     }
 
@@ -434,6 +442,13 @@ impl Logic for ChatLogic {
 
     fn on_tick(&mut self, ctx: &mut LogicContext<'_>) {
         self.expire_logins(ctx);
+        let now = Instant::now();
+        if let Some(every) = self.audit_every {
+            if now >= self.next_audit {
+                self.next_audit = now + every;
+                self.audit.check(self.users.logged_in());
+            }
+        }
     }
 
     /// Leaves the room and logs out, whatever closed the session.
@@ -460,6 +475,21 @@ impl Logic for ChatLogic {
     fn on_message(&mut self, ctx: &mut LogicContext<'_>, message: ChatMessage) {
         match message {
             ChatMessage::LoginDone(done) => self.login_done(ctx, done),
+            ChatMessage::AccountsRemoved(removed) => {
+                for (session, user_id) in removed {
+                    if self.users.session_of(&user_id) != Some(session) {
+                        continue; // logged out or replaced since
+                    }
+                    tracing::info!(
+                        "session {session}: the account {user_id:?} was removed: closing it"
+                    );
+                    if let Some((_, Some(number))) = self.logged_in(session) {
+                        self.leave_room(ctx, session, number);
+                    }
+                    self.users.replaced(session);
+                    let _ = ctx.close_with(session, CloseReason::Closed);
+                }
+            }
         }
     }
 }

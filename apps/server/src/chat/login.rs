@@ -20,6 +20,70 @@ pub(crate) type ChatLoginPool = LoginPool<Ticket>;
 pub(crate) enum ChatMessage {
     /// A login was checked (or dropped).
     LoginDone(LoginDone<Ticket>),
+    /// These logged-in users' accounts no longer exist (removed with `users remove`).
+    AccountsRemoved(Vec<(SessionId, String)>),
+}
+
+/// The thread that checks, now and then, that the logged-in users' accounts still exist: a
+/// user removed while logged in loses its session within the check's interval.
+pub(crate) struct Audit {
+    jobs: Option<std::sync::mpsc::SyncSender<Vec<(SessionId, String)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Audit {
+    /// Starts the thread; answers go to the logic thread through `results`.
+    pub(crate) fn start(
+        accounts: iocp_accounts::Accounts,
+        results: LogicSender<ChatMessage>,
+    ) -> std::io::Result<Audit> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(SessionId, String)>>(1);
+        let thread = std::thread::Builder::new()
+            .name("account-audit".into())
+            .spawn(move || {
+                while let Ok(users) = rx.recv() {
+                    let removed: Vec<(SessionId, String)> = users
+                        .into_iter()
+                        .filter(|(_, user_id)| {
+                            matches!(accounts.store().password_hash(user_id), Ok(None))
+                        })
+                        .collect();
+                    if !removed.is_empty()
+                        && results.send(ChatMessage::AccountsRemoved(removed)).is_err()
+                    {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Audit {
+            jobs: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// An audit that does nothing (used only when starting one failed).
+    pub(crate) fn none() -> Audit {
+        Audit {
+            jobs: None,
+            thread: None,
+        }
+    }
+
+    /// Asks for a check of `users`, unless one is still running.
+    pub(crate) fn check(&self, users: Vec<(SessionId, String)>) {
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.try_send(users);
+        }
+    }
+}
+
+impl Drop for Audit {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Starts the pool; answers go to the logic thread through `results`. Once `server` is set, a

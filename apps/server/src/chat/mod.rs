@@ -74,6 +74,9 @@ pub struct ChatConfig {
     pub login_timeout: Option<std::time::Duration>,
     /// Limits on failed and waiting logins, per account and per address.
     pub throttle: ThrottleConfig,
+    /// Check this often that the logged-in users' accounts still exist (a user removed with
+    /// `users remove` then loses its session); `None`: never.
+    pub account_check: Option<std::time::Duration>,
 }
 
 impl Default for ChatConfig {
@@ -88,6 +91,7 @@ impl Default for ChatConfig {
             bad_packet: BadPacket::Close,
             login_timeout: Some(std::time::Duration::from_secs(10)),
             throttle: ThrottleConfig::default(),
+            account_check: Some(std::time::Duration::from_secs(2)),
         }
     }
 }
@@ -199,12 +203,18 @@ impl ChatServer {
         }
         let counters = Arc::new(Counters::default());
         let mut config = config;
-        if let (Some(timeout), None) = (config.login_timeout, config.queue.tick) {
-            // Login deadlines are checked on the logic thread's tick.
-            config.queue.tick = Some((timeout / 10).clamp(
-                std::time::Duration::from_millis(10),
-                std::time::Duration::from_secs(1),
-            ));
+        if config.queue.tick.is_none() {
+            // Login deadlines and the account check run on the logic thread's tick.
+            let finest = [config.login_timeout, config.account_check]
+                .into_iter()
+                .flatten()
+                .min();
+            config.queue.tick = finest.map(|t| {
+                (t / 10).clamp(
+                    std::time::Duration::from_millis(10),
+                    std::time::Duration::from_secs(1),
+                )
+            });
         }
         let mut packets = LogicPackets::new();
         logic::register(&mut packets);
@@ -215,6 +225,10 @@ impl ChatServer {
         let mut pool_error = None;
         let server = Arc::new(std::sync::OnceLock::new());
         let inner = packets.start_with(config.server.clone(), options, config.queue, |sender| {
+            let audit = login::Audit::start(accounts.clone(), sender.clone()).unwrap_or_else(|e| {
+                pool_error = Some(e);
+                login::Audit::none()
+            });
             let login = login::start(
                 accounts,
                 config.login_threads,
@@ -226,7 +240,7 @@ impl ChatServer {
                 pool_error = Some(e);
                 ChatLoginPool::none()
             });
-            ChatLogic::new(&config, login, counters.clone())
+            ChatLogic::new(&config, login, audit, counters.clone())
         })?;
         let _ = server.set(inner.handle());
         if let Some(source) = pool_error {

@@ -119,6 +119,14 @@ impl Users {
         Some(user)
     }
 
+    /// Every logged-in session and its user id.
+    pub(crate) fn logged_in(&self) -> Vec<(SessionId, String)> {
+        self.logged_in
+            .iter()
+            .map(|(user_id, &session)| (session, user_id.to_string()))
+            .collect()
+    }
+
     /// Users logged in now.
     pub(crate) fn online(&self) -> usize {
         self.logged_in.len()
