@@ -137,11 +137,12 @@ fn execute(command: &UsersCommand) -> Result<(), String> {
             replace,
             hash_cost,
         } => {
-            if !iocp_chat_protocol::valid_user_id(user) {
+            let Some(canonical) = iocp_accounts::canonical_user_id(user) else {
                 return Err(format!(
                     "invalid user id {user:?}: 1 to 32 bytes of letters, digits, '-', '_' and '.'"
                 ));
-            }
+            };
+            let user = &canonical;
             let accounts = open_accounts(db)?;
             if !replace
                 && accounts

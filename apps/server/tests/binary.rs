@@ -607,3 +607,40 @@ fn closes_for_bad_input_are_logged_once_a_second() {
     );
     let _ = wait_status(&mut server.child, IO_TIMEOUT);
 }
+
+/// User ids are kept in NFKC form and must not look like another account's: `Alice`, `аlice`
+/// (Cyrillic а) are refused beside `alice`; `ａｌｉｃｅ` is `alice` itself.
+#[test]
+fn look_alike_user_ids_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ids.redb");
+    let out = users(&db, &["add", "alice", "--hash-cost", "light"], "pw\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for other in ["Alice", "\u{430}lice"] {
+        let out = users(&db, &["add", other, "--hash-cost", "light"], "pw\n");
+        assert!(!out.status.success(), "{other} was added");
+        assert!(
+            text(&out.stderr).contains("would be confused with the existing account \"alice\""),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let out = users(
+        &db,
+        &[
+            "add",
+            "\u{ff41}\u{ff4c}\u{ff49}\u{ff43}\u{ff45}",
+            "--hash-cost",
+            "light",
+        ],
+        "pw\n",
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("alice exists"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = users(&db, &["list"], "");
+    assert_eq!(text(&out.stdout), "alice\n");
+}

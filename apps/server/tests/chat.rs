@@ -992,3 +992,28 @@ fn shutdown_with_a_tiny_logic_queue_ends_within_the_linger() {
     }
     assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
 }
+
+/// A login is by the id's NFKC form: `ａｌｉｃｅ` (full width) is alice, and the room sees
+/// `alice`; a look-alike (Cyrillic `а`) is another, unknown user.
+#[test]
+fn logins_use_the_normalized_user_id() {
+    let server = start(config(1, 4), &["alice", "bob"]);
+    let addr = server.local_addr();
+    let mut bob = Client::login_as(addr, "bob");
+    assert_eq!(bob.enter(0).0.result, ResultCode::NONE);
+    let mut wide = Client::connect(addr);
+    assert_eq!(
+        wide.login("\u{ff41}\u{ff4c}\u{ff49}\u{ff43}\u{ff45}", PASSWORD),
+        ResultCode::NONE
+    );
+    wide.name = "alice".into();
+    let (_, members) = wide.enter(0);
+    assert_eq!(names(&members), ["bob", "alice"]);
+    assert!(matches!(bob.recv(), Packet::RoomNewUserNotify(n) if n.user.user_id == "alice"));
+    let mut fake = Client::connect(addr);
+    assert_eq!(
+        fake.login("\u{430}lice", PASSWORD),
+        ResultCode::LOGIN_USER_INVALID_PW
+    );
+    stop_within(server, STOP);
+}

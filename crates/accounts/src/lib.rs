@@ -112,11 +112,38 @@ pub trait AccountStore: Send + Sync + 'static {
     fn user_ids(&self) -> Result<Vec<String>, StoreError>;
 }
 
+/// The form a user id is kept and compared in: its NFKC normalization (so that `ａｌｉｃｅ`, in
+/// full-width letters, is `alice`), if that is a valid user id ([`valid_user_id`]: 1 to 32 bytes
+/// of letters, digits, `-`, `_` and `.`).
+pub fn canonical_user_id(user_id: &str) -> Option<String> {
+    use unicode_normalization::UnicodeNormalization;
+    let canonical: String = user_id.nfkc().collect();
+    valid_user_id(&canonical).then_some(canonical)
+}
+
+/// What two user ids must not share: their confusable skeleton (Unicode TS #39), lower-cased,
+/// so that `alice`, `Alice` and `аlice` (with a Cyrillic `а`) are one account's ids, not three.
+pub fn user_id_key(user_id: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let lower: String = user_id.nfkc().collect::<String>().to_lowercase();
+    unicode_security::skeleton(&lower)
+        .collect::<String>()
+        .to_lowercase()
+}
+
 /// Why an account could not be added.
 #[derive(Debug)]
 pub enum AccountError {
     /// The user id is not acceptable ([`valid_user_id`]).
     InvalidUserId(String),
+    /// Another account's id is the same but for case or look-alike characters
+    /// ([`user_id_key`]).
+    LooksLike {
+        /// The id asked for.
+        user_id: String,
+        /// The existing account it would be confused with.
+        existing: String,
+    },
     /// The password is empty or longer than the protocol carries ([`MAX_USER_PW_LEN`] bytes).
     InvalidPassword(&'static str),
     /// The store failed.
@@ -131,6 +158,11 @@ impl fmt::Display for AccountError {
                 "invalid user id {id:?}: 1 to {MAX_USER_ID_LEN} bytes of letters, digits, '-', '_' and '.'"
             ),
             AccountError::InvalidPassword(why) => write!(f, "invalid password: {why}"),
+            AccountError::LooksLike { user_id, existing } => write!(
+                f,
+                "{user_id:?} would be confused with the existing account {existing:?} (ids are \
+                 compared ignoring case and look-alike characters)"
+            ),
             AccountError::Store(e) => e.fmt(f),
         }
     }
@@ -201,15 +233,26 @@ impl Accounts {
         cost: HashCost,
         replace: bool,
     ) -> Result<bool, AccountError> {
-        if !valid_user_id(user_id) {
+        let Some(user_id) = canonical_user_id(user_id) else {
             return Err(AccountError::InvalidUserId(user_id.to_owned()));
-        }
+        };
         check_password(password)?;
-        if !replace && self.store.password_hash(user_id)?.is_some() {
+        if !replace && self.store.password_hash(&user_id)?.is_some() {
             return Ok(false);
         }
+        // One id per skeleton: a look-alike of an existing account is refused (a scan of the
+        // ids: adding accounts is rare, logins never scan).
+        let key = user_id_key(&user_id);
+        if let Some(existing) = self
+            .store
+            .user_ids()?
+            .into_iter()
+            .find(|other| *other != user_id && user_id_key(other) == key)
+        {
+            return Err(AccountError::LooksLike { user_id, existing });
+        }
         let hash = hash_password(password, cost)?;
-        Ok(self.store.insert(user_id, &hash, replace)?)
+        Ok(self.store.insert(&user_id, &hash, replace)?)
     }
 
     /// Whether `user_id` exists and `password` is its password. Slow by design (one Argon2
@@ -219,7 +262,11 @@ impl Accounts {
     ///
     /// A store failure, or a stored hash that cannot be read.
     pub fn verify(&self, user_id: &str, password: &str) -> Result<bool, StoreError> {
-        match self.store.password_hash(user_id)? {
+        let hash = match canonical_user_id(user_id) {
+            Some(user_id) => self.store.password_hash(&user_id)?,
+            None => None,
+        };
+        match hash {
             Some(hash) => verify_password(password, &hash),
             None => {
                 let decoy = self.decoy.get_or_init(|| {
@@ -287,5 +334,47 @@ mod tests {
         assert_eq!(accounts.user_ids().unwrap(), ["alice"]);
         assert!(accounts.remove("alice").unwrap());
         assert!(!accounts.remove("alice").unwrap());
+    }
+
+    #[test]
+    fn look_alike_and_case_variant_ids_are_one_account() {
+        let accounts = Accounts::new(Arc::new(MemoryStore::new()));
+        assert!(accounts.add("alice", "pw", HashCost::LIGHT, false).unwrap());
+        for other in [
+            "Alice",
+            "ALICE",
+            "\u{430}lice",
+            "\u{ff41}\u{ff4c}\u{ff49}\u{ff43}\u{ff45}",
+            "al\u{0456}ce",
+        ] {
+            match accounts.add(other, "pw", HashCost::LIGHT, false) {
+                Err(AccountError::LooksLike { existing, .. }) => assert_eq!(existing, "alice"),
+                // Full-width letters are alice itself once normalized.
+                Ok(false) => assert_eq!(canonical_user_id(other).as_deref(), Some("alice")),
+                other_result => panic!("{other:?}: {other_result:?}"),
+            }
+        }
+        assert_eq!(accounts.user_ids().unwrap(), ["alice"]);
+        // Logging in with the full-width form is logging in as alice.
+        assert!(
+            accounts
+                .verify("\u{ff41}\u{ff4c}\u{ff49}\u{ff43}\u{ff45}", "pw")
+                .unwrap()
+        );
+        // Different people keep different ids.
+        assert!(
+            accounts
+                .add("alicia", "pw", HashCost::LIGHT, false)
+                .unwrap()
+        );
+        assert!(
+            accounts
+                .add("김철수", "pw", HashCost::LIGHT, false)
+                .unwrap()
+        );
+        assert!(
+            !accounts.verify("\u{430}lice", "pw").unwrap(),
+            "a look-alike is not alice"
+        );
     }
 }

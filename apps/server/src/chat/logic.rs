@@ -7,12 +7,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use iocp_accounts::{LoginDone, LoginJob, Outcome};
+use iocp_accounts::{LoginDone, LoginJob, Outcome, canonical_user_id};
 use iocp_chat_protocol::{
     DevEcho, LoginRequest, LoginResponse, MAX_USER_LIST, ResultCode, RoomChatNotify,
     RoomChatRequest, RoomChatResponse, RoomEnterRequest, RoomEnterResponse, RoomLeaveRequest,
     RoomLeaveResponse, RoomLeaveUserNotify, RoomNewUserNotify, RoomUser, RoomUserListNotify,
-    TypedPacket, valid_user_id,
+    TypedPacket,
 };
 use iocp_packet::{Logic, LogicContext, LogicPackets, PacketResult};
 use iocp_server::{CloseReason, SessionId};
@@ -162,11 +162,16 @@ impl ChatLogic {
         // the new session takes over (see `login_done`).
         let addr = user.addr;
         let now = Instant::now();
+        // Ids are compared in their NFKC form: `ａｌｉｃｅ` logs in as `alice`.
+        let user_id = canonical_user_id(&request.user_id);
         let result = if user.state != State::Connected {
             ResultCode::LOGIN_USER_ALREADY
-        } else if !valid_user_id(&request.user_id) {
+        } else if user_id.is_none() {
             ResultCode::LOGIN_USER_INVALID_ID
-        } else if let Err(why) = self.throttle.admit(&request.user_id, addr, now) {
+        } else if let Err(why) =
+            self.throttle
+                .admit(user_id.as_deref().unwrap_or_default(), addr, now)
+        {
             tracing::debug!(
                 "session {session}: login of {:?} throttled: {why:?}",
                 request.user_id
@@ -174,15 +179,16 @@ impl ChatLogic {
             Counters::add(&self.counters.logins_throttled, 1);
             ResultCode::LOGIN_TOO_MANY_ATTEMPTS
         } else {
+            let user_id = user_id.unwrap_or_default();
             let job = LoginJob {
                 ticket: (session, addr),
-                user_id: request.user_id.clone(),
+                user_id: user_id.clone(),
                 password: request.password,
             };
             match self.login.submit(job) {
                 Ok(()) => {
                     if let Some(user) = self.users.get_mut(session) {
-                        user.state = State::LoggingIn(request.user_id);
+                        user.state = State::LoggingIn(user_id);
                     }
                     return Ok(());
                 }
