@@ -518,10 +518,11 @@ def markdown(data: dict, big: dict | None, servers, loads, old_doc: str) -> str:
     w(BEGIN)
     w(analysis(old_doc))
     w(END)
-    # bench/soak.py's section is its own: kept as it is.
-    if SOAK_BEGIN in old_doc and SOAK_END in old_doc:
-        w("")
-        w(SOAK_BEGIN + old_doc.split(SOAK_BEGIN, 1)[1].split(SOAK_END, 1)[0] + SOAK_END)
+    # The sections of bench/soak.py and bench/timers.py are their own: kept as they are.
+    for begin, end in ((SOAK_BEGIN, SOAK_END), ("<!-- timers:begin -->", "<!-- timers:end -->")):
+        if begin in old_doc and end in old_doc:
+            w("")
+            w(begin + old_doc.split(begin, 1)[1].split(end, 1)[0] + end)
     return "\n".join(out) + "\n"
 
 
