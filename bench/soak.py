@@ -116,7 +116,8 @@ def run_combo(a, bindir: str, combo: str) -> dict:
     connect_s = a.connections / a.connect_rate
     budget = seconds + connect_s + 60
     srv = procs.start_server(scmd, budget + 30, None, None)
-    rec = {"combo": combo, "server_cmd": scmd, "time": dt.datetime.now().isoformat(timespec="seconds")}
+    rec = {"combo": combo, "server_cmd": scmd, "time": dt.datetime.now().isoformat(timespec="seconds"),
+           "commit": git_commit()}
     samples: list[tuple[float, int]] = []
     try:
         ccmd = [os.path.join(bindir, "iocp-load"), "echo", "--addr", srv.addr, "-c", str(a.connections),
@@ -191,8 +192,8 @@ def mib(n: int) -> str:
 def write_doc(results: dict) -> None:
     s = results["settings"]
     lines = [BEGIN, "## Soak", "",
-             f"`python3 bench/soak.py --minutes {s['minutes']:g}` at {results.get('commit', '?')}, "
-             f"{results['started']}; {results['machine']}.", "",
+             f"`python3 bench/soak.py --minutes {s['minutes']:g}`; {results['machine']}. Each row says the commit "
+             "and time it ran at (a rerun of some rows keeps the others).", "",
              f"Each row: one `iocp-server echo` (defaults, `--max-sessions {s['connections'] + 2000}`) and one "
              f"`iocp-load echo` unpinned on the same 2 cores for {s['minutes']:g} minutes: "
              f"{s['connections']:,} connections, open loop at {s['rate']:,.0f} messages/s offered, at most "
@@ -202,14 +203,15 @@ def write_doc(results: dict) -> None:
              "second half (a leak grows all along; queues and buffers reach their high-water mark early). p50/p99 are "
              "from when each message was due (open loop).",
              "",
-             "| server / client | result | messages verified | bytes verified | msg/s | verification errors | "
+             "| server / client | run at | result | messages verified | bytes verified | msg/s | verification errors | "
              "lost | closed by server | p50 µs | p99 µs | RSS 1 min → half → end (max) MiB | growth |",
-             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+             "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in results["runs"]:
         j = r.get("client") or {}
         lat = j.get("latency_us") or {}
         lines.append(
-            f"| {r['combo']} | {'ok' if r['ok'] else '**failed**'} | {j.get('verified_messages', 0):,} | "
+            f"| {r['combo']} | {r.get('commit', '?')}, {r.get('time', '?')[:16]} | {'ok' if r['ok'] else '**failed**'} | "
+            f"{j.get('verified_messages', 0):,} | "
             f"{j.get('verified_bytes', 0):,} | {j.get('messages_per_s', 0):,.0f} | {j.get('verify_errors', '?')} | "
             f"{j.get('lost_messages', '?')} | {j.get('closed_by_server', '?')} | {fmt_us(lat.get('p50'))} | "
             f"{fmt_us(lat.get('p99'))} | {mib(r['rss_settled'])} → {mib(r.get('rss_half', 0))} → {mib(r['rss_end'])} "

@@ -292,7 +292,8 @@ impl Local {
 
     /// Takes the next due timer and does the worker's part of it.
     pub(crate) fn fire_next(&mut self, io: &mut Io) -> Option<Fired> {
-        let now = Instant::now();
+        // The turn's clock: read once per turn, after the wait (shared with the receives).
+        let now = self.now();
         let timer = self.timers.pop_due(now)?;
         Some(match timer {
             Timer::Session { session, token } => {
