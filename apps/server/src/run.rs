@@ -102,13 +102,20 @@ impl Signals {
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
-                let mut seen = false;
+                // One Ctrl+C can arrive as two events at once (Wine delivers SIGINT both to the
+                // process and through its console): a second one counts only once the first is
+                // half a second old.
+                let mut first: Option<std::time::Instant> = None;
                 while self.events.recv().is_ok() {
-                    if seen {
+                    if let Some(at) = first {
+                        if at.elapsed() < std::time::Duration::from_millis(500) {
+                            tracing::debug!("console event repeated: ignored");
+                            continue;
+                        }
                         tracing::warn!("second console event: exiting now");
                         std::process::exit(130);
                     }
-                    seen = true;
+                    first = Some(std::time::Instant::now());
                     tracing::info!(
                         "console event (Ctrl+C, Ctrl+Break or close): shutting down (flushing \
                          for up to the linger time; a second one exits at once)"
