@@ -9,7 +9,7 @@
 //! | the tutorial (C++) | here |
 //! |---|---|
 //! | `PacketManager::mRecvFuntionDictionary[PACKET_ID] = &PacketManager::ProcessLogin` | [`WorkerPackets::on`], [`LogicPackets::on`] |
-//! | receive buffer + "is a whole packet in yet?" | one [`iocp_wire::Decoder`] per session slot, on the I/O worker |
+//! | receive buffer + "is a whole packet in yet?" | one [`iocp_wire::Decoder`] per session, its state on the I/O worker ([`PacketSession`]) |
 //! | `PacketManager` thread, `ProcessPacket()`, `mInComingPacketUserIndex` queue | the logic thread ([`logic`]): one bounded queue, [`Logic`] owns the state |
 //! | `SYS_USER_CONNECT`, `SYS_USER_DISCONNECT` system packets | [`Logic::on_connect`], [`Logic::on_disconnect`], queued in order with the data |
 //! | request/response queues to the Redis thread | a [`LogicSender`]: other threads post results back as messages ([`Logic::on_message`]) |
@@ -74,6 +74,7 @@ mod slots;
 mod table;
 
 pub use error::{BadPacket, PacketError, PacketResult};
+pub use slots::PacketSession;
 pub use iocp_wire::TypedPacket;
 pub use logic::{
     Logic, LogicBack, LogicContext, LogicFront, LogicPackets, LogicSender, LogicServer, LogicStats,

@@ -7,8 +7,8 @@
 //!  other threads ┘  your messages (LogicSender), e.g. DB results    └─────────────────────┘    &mut L, no locks
 //! ```
 //!
-//! - **Framing stays on the I/O worker.** Each session's bytes are decoded there (one decoder
-//!   per slot, see `slots.rs`); whole frames of known ids are copied into one buffer per read
+//! - **Framing stays on the I/O worker.** Each session's bytes are decoded there (its decoder
+//!   is its session state on the worker, see `slots.rs`: no lock); whole frames of known ids are copied into one buffer per read
 //!   (one allocation per receive, not per packet) and queued as shared slices of it. Unknown ids
 //!   and bad lengths are found there, and the session's later bytes dropped there; the close
 //!   itself goes through the queue, so that the packets before the bad one are handled and
