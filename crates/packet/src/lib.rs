@@ -74,7 +74,6 @@ mod slots;
 mod table;
 
 pub use error::{BadPacket, PacketError, PacketResult};
-pub use slots::PacketSession;
 pub use iocp_wire::TypedPacket;
 pub use logic::{
     Logic, LogicBack, LogicContext, LogicFront, LogicPackets, LogicSender, LogicServer, LogicStats,
@@ -82,3 +81,4 @@ pub use logic::{
 };
 pub use on_worker::{WorkerHandler, WorkerLogic, WorkerPackets};
 pub use options::PacketOptions;
+pub use slots::PacketSession;
