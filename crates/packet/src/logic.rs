@@ -366,7 +366,7 @@ impl<L: Logic> LogicPackets<L> {
 
     /// Starts the server with `config` and the logic thread with the logic that `make_logic`
     /// builds; `make_logic` gets a [`LogicSender`] for threads that will report to the logic
-    /// (a database pool, say). The packet options are [`PacketOptions::for_config`].
+    /// (a database pool, say). The packet options are the defaults ([`PacketOptions::default`]).
     pub fn start<F>(
         self,
         config: Config,
@@ -376,7 +376,7 @@ impl<L: Logic> LogicPackets<L> {
     where
         F: FnOnce(LogicSender<L::Message>) -> L,
     {
-        let options = PacketOptions::for_config(&config);
+        let options = PacketOptions::default();
         self.start_with(config, options, queue, make_logic)
     }
 

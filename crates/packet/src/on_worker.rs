@@ -23,7 +23,7 @@
 //! let config = Config::default();
 //! let mut packets = WorkerPackets::new(Ping);
 //! packets.on(1, ping);
-//! let server = Server::start(config.clone(), packets.build(PacketOptions::for_config(&config)))?;
+//! let server = Server::start(config.clone(), packets.build(PacketOptions::default()))?;
 //! # server.shutdown()?;
 //! # Ok::<(), iocp_server::Error>(())
 //! ```

@@ -1,6 +1,5 @@
 //! [`PacketOptions`]: what both modes of the packet manager share.
 
-use iocp_server::Config;
 use iocp_wire::DEFAULT_MAX_FRAME_LEN;
 
 use crate::BadPacket;
@@ -15,11 +14,9 @@ pub struct PacketOptions {
     pub bad_packet: BadPacket,
 }
 
-impl PacketOptions {
-    /// Options for a server started with `config`: frames of up to [`DEFAULT_MAX_FRAME_LEN`]
-    /// bytes, and [`BadPacket::Close`].
-    pub fn for_config(config: &Config) -> PacketOptions {
-        let _ = config;
+impl Default for PacketOptions {
+    /// Frames of up to [`DEFAULT_MAX_FRAME_LEN`] bytes, and [`BadPacket::Close`].
+    fn default() -> Self {
         PacketOptions {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             bad_packet: BadPacket::Close,

@@ -123,7 +123,7 @@ fn start(
     let config = config();
     let options = PacketOptions {
         bad_packet,
-        ..PacketOptions::for_config(&config)
+        ..PacketOptions::default()
     };
     let logic = Recorder {
         gate,

@@ -53,7 +53,7 @@ fn start(bad_packet: BadPacket) -> (Server, Arc<Shared>) {
     let config = config();
     let options = PacketOptions {
         bad_packet,
-        ..PacketOptions::for_config(&config)
+        ..PacketOptions::default()
     };
     let server = Server::start(config, packets.build(options)).expect("server starts");
     (server, shared)

@@ -163,41 +163,31 @@ impl ChatLogic {
         let addr = user.addr;
         let now = Instant::now();
         // Ids are compared in their NFKC form: `ａｌｉｃｅ` logs in as `alice`.
-        let user_id = canonical_user_id(&request.user_id);
-        let result = if user.state != State::Connected {
-            ResultCode::LOGIN_USER_ALREADY
-        } else if user_id.is_none() {
-            ResultCode::LOGIN_USER_INVALID_ID
-        } else if let Err(why) =
-            self.throttle
-                .admit(user_id.as_deref().unwrap_or_default(), addr, now)
-        {
-            tracing::debug!(
-                "session {session}: login of {:?} throttled: {why:?}",
-                request.user_id
-            );
-            Counters::add(&self.counters.logins_throttled, 1);
-            ResultCode::LOGIN_TOO_MANY_ATTEMPTS
-        } else {
-            let user_id = user_id.unwrap_or_default();
-            let job = LoginJob {
-                ticket: (session, addr),
-                user_id: user_id.clone(),
-                password: request.password,
-            };
-            match self.login.submit(job) {
-                Ok(()) => {
-                    if let Some(user) = self.users.get_mut(session) {
-                        user.state = State::LoggingIn(user_id);
-                    }
-                    return Ok(());
+        let result = match canonical_user_id(&request.user_id) {
+            _ if user.state != State::Connected => ResultCode::LOGIN_USER_ALREADY,
+            None => ResultCode::LOGIN_USER_INVALID_ID,
+            Some(user_id) => match self.throttle.admit(&user_id, addr, now) {
+                Err(why) => {
+                    tracing::debug!("session {session}: login of {user_id:?} throttled: {why:?}");
+                    Counters::add(&self.counters.logins_throttled, 1);
+                    ResultCode::LOGIN_TOO_MANY_ATTEMPTS
                 }
-                Err(job) => {
+                Ok(()) => {
+                    let job = LoginJob {
+                        ticket: (session, addr),
+                        user_id: user_id.clone(),
+                        password: request.password,
+                    };
+                    if self.login.submit(job).is_ok() {
+                        if let Some(user) = self.users.get_mut(session) {
+                            user.state = State::LoggingIn(user_id);
+                        }
+                        return Ok(());
+                    }
                     self.throttle.cancel(addr);
-                    drop(job);
                     ResultCode::LOGIN_SERVER_BUSY
                 }
-            }
+            },
         };
         self.refused_login(ctx, session, result);
         Ok(())

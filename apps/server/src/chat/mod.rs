@@ -220,7 +220,7 @@ impl ChatServer {
         logic::register(&mut packets);
         let options = PacketOptions {
             bad_packet: config.bad_packet,
-            ..PacketOptions::for_config(&config.server)
+            ..PacketOptions::default()
         };
         let mut pool_error = None;
         let server = Arc::new(std::sync::OnceLock::new());
