@@ -29,6 +29,19 @@ pub struct Cli {
     /// What to run (default: echo).
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Log lines as text (coloured only on a terminal, and not with NO_COLOR) or as one JSON
+    /// object each, for log shippers.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields).
+    Json,
 }
 
 /// The subcommands.
@@ -233,17 +246,21 @@ impl ChatArgs {
 /// The binary's entry point.
 pub fn main() -> ExitCode {
     use std::io::IsTerminal;
-    // Colour only for a person at a terminal (and not with NO_COLOR): a log file or a journal
-    // gets plain text.
-    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(colour)
-        .with_writer(std::io::stderr)
-        .init();
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => {
+            // Colour only for a person at a terminal (and not with NO_COLOR): a log file or a
+            // journal gets plain text.
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            logs.with_ansi(colour).init();
+        }
+    }
     // A panic is logged as one line; where the server catches it (a handler's, a damaged
     // account file's), it costs what it concerns only, and says so in its own line.
     std::panic::set_hook(Box::new(|info| {
@@ -254,7 +271,6 @@ pub fn main() -> ExitCode {
         );
     }));
 
-    let cli = Cli::parse();
     let command = cli.command.unwrap_or_else(|| {
         let defaults = Cli::parse_from(["iocp-server", "echo"]);
         defaults.command.expect("echo parses")

@@ -644,3 +644,44 @@ fn look_alike_user_ids_are_refused() {
     let out = users(&db, &["list"], "");
     assert_eq!(text(&out.stdout), "alice\n");
 }
+
+/// The first line the server logs on stderr, as it is (no colour stripped).
+fn first_log_line(args: &[&str]) -> String {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn iocp-server");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = lines
+        .find(|l| l.as_ref().is_ok_and(|l| l.contains("listening on")))
+        .expect("a listening line")
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    line
+}
+
+/// Logs written to a pipe have no colour escapes (a terminal gets colour unless NO_COLOR is
+/// set); `--log-format json` writes one JSON object per line.
+#[test]
+fn logs_fit_their_destination() {
+    let text = first_log_line(&["echo", "--addr", "127.0.0.1:0"]);
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour escapes in a pipe: {text:?}"
+    );
+    let json = first_log_line(&["--log-format", "json", "echo", "--addr", "127.0.0.1:0"]);
+    let value: serde_json::Value = serde_json::from_str(&json).expect("a JSON line");
+    assert_eq!(value["level"], "INFO");
+    assert!(
+        value["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("listening on 127.0.0.1:")),
+        "{json}"
+    );
+}
