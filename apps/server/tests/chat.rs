@@ -320,11 +320,7 @@ fn notify_fan_out_in_order() {
 fn disconnect_leaves_the_room_and_logs_out() {
     let server = start(config(1, 2), &["alice", "bob", "carol"]);
     let addr = server.local_addr();
-    let mut alice = Client::login_as(addr, "alice");
-    let mut bob = Client::login_as(addr, "bob");
-    assert_eq!(alice.enter(0).0.result, ResultCode::NONE);
-    assert_eq!(bob.enter(0).0.result, ResultCode::NONE);
-    assert!(matches!(alice.recv(), Packet::RoomNewUserNotify(_)));
+    let (mut alice, bob) = support::alice_and_bob_in_room_0(addr);
 
     let old_bob = bob.unique_id.unwrap();
     drop(bob);
@@ -370,11 +366,7 @@ fn disconnect_leaves_the_room_and_logs_out() {
 fn malformed_and_oversized_frames_close_only_their_session() {
     let server = start(config(1, 4), &["alice", "bob", "mallory"]);
     let addr = server.local_addr();
-    let mut alice = Client::login_as(addr, "alice");
-    let mut bob = Client::login_as(addr, "bob");
-    assert_eq!(alice.enter(0).0.result, ResultCode::NONE);
-    assert_eq!(bob.enter(0).0.result, ResultCode::NONE);
-    assert!(matches!(alice.recv(), Packet::RoomNewUserNotify(_)));
+    let (mut alice, mut bob) = support::alice_and_bob_in_room_0(addr);
 
     let login = LoginRequest {
         user_id: "mallory".into(),
@@ -487,11 +479,7 @@ fn a_member_that_stops_reading_is_evicted() {
     assert_eq!(sloth.enter(0).0.result, ResultCode::NONE);
     let sloth_id = sloth.unique_id.unwrap();
 
-    let mut alice = Client::login_as(addr, "alice");
-    let mut bob = Client::login_as(addr, "bob");
-    assert_eq!(alice.enter(0).0.result, ResultCode::NONE);
-    assert_eq!(bob.enter(0).0.result, ResultCode::NONE);
-    assert!(matches!(alice.recv(), Packet::RoomNewUserNotify(_)));
+    let (mut alice, mut bob) = support::alice_and_bob_in_room_0(addr);
 
     // Alice talks; bob and alice read everything as it comes; sloth reads nothing.
     let mut sent = 0;
@@ -592,11 +580,7 @@ fn a_login_storm_does_not_stall_chat() {
     let server =
         iocp_server_app::chat::ChatServer::start(config, slow_accounts(&names, CHECK)).unwrap();
     let addr = server.local_addr();
-    let mut alice = Client::login_as(addr, "alice");
-    let mut bob = Client::login_as(addr, "bob");
-    assert_eq!(alice.enter(0).0.result, ResultCode::NONE);
-    assert_eq!(bob.enter(0).0.result, ResultCode::NONE);
-    assert!(matches!(alice.recv(), Packet::RoomNewUserNotify(_)));
+    let (mut alice, mut bob) = support::alice_and_bob_in_room_0(addr);
 
     // The storm: 40 logins at 50 ms each on 2 threads keep the pool busy for about a second.
     let mut storm: Vec<Client> = (0..STORM)
@@ -855,11 +839,7 @@ fn an_idle_member_is_closed_and_the_room_notified() {
     config.server.idle_timeout = Some(Duration::from_millis(500));
     let server = start(config, &["alice", "bob"]);
     let addr = server.local_addr();
-    let mut alice = Client::login_as(addr, "alice");
-    let mut bob = Client::login_as(addr, "bob");
-    assert_eq!(alice.enter(0).0.result, ResultCode::NONE);
-    assert_eq!(bob.enter(0).0.result, ResultCode::NONE);
-    assert!(matches!(alice.recv(), Packet::RoomNewUserNotify(_)));
+    let (mut alice, mut bob) = support::alice_and_bob_in_room_0(addr);
     let bob_id = bob.unique_id.unwrap();
     // Alice echoes every 100 ms for 1.5 s; bob reads but sends nothing.
     let mut left = None;

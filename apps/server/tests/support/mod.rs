@@ -239,3 +239,13 @@ impl Client {
 pub fn names(members: &[RoomUser]) -> Vec<&str> {
     members.iter().map(|m| m.user_id.as_str()).collect()
 }
+
+/// Alice and bob logged in (with [`PASSWORD`]) and in room 0, alice told that bob came.
+pub fn alice_and_bob_in_room_0(addr: SocketAddr) -> (Client, Client) {
+    let mut alice = Client::login_as(addr, "alice");
+    let mut bob = Client::login_as(addr, "bob");
+    assert_eq!(alice.enter(0).0.result, ResultCode::NONE);
+    assert_eq!(bob.enter(0).0.result, ResultCode::NONE);
+    assert!(matches!(alice.recv(), Packet::RoomNewUserNotify(_)));
+    (alice, bob)
+}
