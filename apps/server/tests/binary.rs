@@ -143,12 +143,18 @@ struct ServerProcess {
     child: Child,
     lines: mpsc::Receiver<String>,
     addr: SocketAddr,
+    /// Every line read so far.
+    seen: Vec<String>,
 }
 
 impl ServerProcess {
     fn start(args: &[&str]) -> ServerProcess {
-        let mut child = Command::new(BIN)
-            .args(args)
+        ServerProcess::spawn(Command::new(BIN).args(args))
+    }
+
+    /// Starts the server from `command` (its arguments and anything else already set).
+    fn spawn(command: &mut Command) -> ServerProcess {
+        let mut child = command
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -170,6 +176,7 @@ impl ServerProcess {
             child,
             lines,
             addr: "0.0.0.0:0".parse().unwrap(),
+            seen: Vec::new(),
         };
         let line = server.wait_for("listening on ");
         let rest = &line[line.find("listening on ").unwrap() + "listening on ".len()..];
@@ -183,8 +190,12 @@ impl ServerProcess {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(what) => return line,
-                Ok(_) => {}
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(what) {
+                        return line;
+                    }
+                }
                 Err(_) => {
                     let _ = self.child.kill();
                     panic!("the server never logged {what:?}");
@@ -684,4 +695,49 @@ fn logs_fit_their_destination() {
             .is_some_and(|m| m.starts_with("listening on 127.0.0.1:")),
         "{json}"
     );
+}
+
+/// `chat` on an account file its user cannot write starts, says that `users add` cannot change
+/// the file while it is so, serves logins from it, and leaves it as it was. (Run as root, the
+/// server is started as user 65534, for whom a file of mode 0444 is read-only; otherwise the
+/// test's own user is used.)
+#[cfg(unix)]
+#[test]
+fn chat_serves_a_read_only_account_file() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let db = dir.path().join("ro.redb");
+    let out = users(&db, &["add", "alice", "--hash-cost", "light"], "pw-alice\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let before = std::fs::read(&db).unwrap();
+    let mut command = Command::new(BIN);
+    command.args([
+        "chat",
+        "--addr",
+        "127.0.0.1:0",
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    // Root can run the child as another user.
+    if std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+    {
+        command.uid(65534).gid(65534);
+    }
+    let mut server = ServerProcess::spawn(&mut command);
+    let warning = server
+        .seen
+        .iter()
+        .find(|l| l.contains("read-only"))
+        .unwrap_or_else(|| panic!("no read-only warning in {:?}", server.seen));
+    assert!(warning.contains("users add"), "{warning}");
+    let mut c = Client::connect(server.addr);
+    assert_eq!(c.login("alice", "pw-alice"), ResultCode::NONE);
+    drop(c);
+    server.stop();
+    assert_eq!(std::fs::read(&db).unwrap(), before, "the file was written");
 }
