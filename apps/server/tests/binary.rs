@@ -728,7 +728,7 @@ fn chat_serves_a_read_only_account_file() {
     {
         command.uid(65534).gid(65534);
     }
-    let mut server = ServerProcess::spawn(&mut command);
+    let server = ServerProcess::spawn(&mut command);
     let warning = server
         .seen
         .iter()
