@@ -30,7 +30,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -70,13 +69,7 @@ def main() -> int:
     for c in combos:
         if c not in COMBOS:
             p.error(f"unknown combination {c!r} (one of {', '.join(COMBOS)})")
-    if not a.no_build:
-        subprocess.run(["cargo", "build", "--release", "-p", "iocp-server-app", "-p", "iocp-load"],
-                       cwd=ROOT, check=True)
-    # Copies, so that a build during the soak does not change the binaries between combinations.
-    bindir = tempfile.mkdtemp(prefix="iocp-soak-bin-")
-    for name in ("iocp-server", "iocp-load"):
-        shutil.copy2(os.path.join(ROOT, "target", "release", name), bindir)
+    bindir = procs.release_copies(ROOT, ("iocp-server", "iocp-load"), not a.no_build, "iocp-soak-bin-")
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = {"started": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),

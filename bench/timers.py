@@ -22,7 +22,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -49,12 +48,7 @@ def main() -> int:
         with open(RESULTS) as f:
             write_doc(json.load(f))
         return 0
-    if not a.no_build:
-        subprocess.run(["cargo", "build", "--release", "-p", "iocp-server-app", "-p", "iocp-load"], cwd=ROOT,
-                       check=True)
-    bindir = tempfile.mkdtemp(prefix="iocp-timers-bin-")
-    for name in ("iocp-server", "iocp-load"):
-        shutil.copy2(os.path.join(ROOT, "target", "release", name), bindir)
+    bindir = procs.release_copies(ROOT, ("iocp-server", "iocp-load"), not a.no_build, "iocp-timers-bin-")
     results = {"started": dt.datetime.now().isoformat(timespec="seconds"), "commit": git_commit(),
                "machine": machine(), "seconds": a.seconds, "runs": []}
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -282,3 +283,15 @@ class Window:
     @staticmethod
     def take(pid: int) -> "Window":
         return Window(time.monotonic(), task_cpu_ns(pid), stat_cpu_ns(pid), threads(pid), machine_busy_ns())
+
+
+def release_copies(root: str, names: tuple[str, ...], build: bool, prefix: str) -> str:
+    """Builds the release binaries (unless `build` is false) and copies `names` into a new
+    temporary folder, returned: a build during a long run then cannot change them midway."""
+    if build:
+        subprocess.run(["cargo", "build", "--release", "-p", "iocp-server-app", "-p", "iocp-load"], cwd=root,
+                       check=True)
+    bindir = tempfile.mkdtemp(prefix=prefix)
+    for name in names:
+        shutil.copy2(os.path.join(root, "target", "release", name), bindir)
+    return bindir
