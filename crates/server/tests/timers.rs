@@ -275,20 +275,24 @@ fn timers_fire_in_order_and_only_for_live_sessions(backend: BackendChoice) {
 /// Setting and cancelling a timer on each of up to 10,000 sessions allocates nothing once the
 /// timer table has grown (counted by a global allocator on the worker thread).
 fn many_timers_allocate_nothing_after_warm_up(backend: BackendChoice) {
-    // io_uring holds the server's sockets without descriptors; elsewhere each connection takes
-    // two in this process, under a hard limit of 20,000 on the test machines.
-    let sessions = if backend == BackendChoice::Uring {
-        10_000
-    } else {
-        4_000
-    };
+    // 10,000 sessions on every backend. On io_uring the server's sockets take no descriptors;
+    // elsewhere they do, so on Unix the other 9,999 clients are held by a child process (this
+    // test binary, running `hold_connections`), keeping each process under the descriptor limit.
+    // Under Wine, whose sockets are all the Wine process's descriptors, 4,000.
+    let sessions: u32 = if cfg!(windows) { 4_000 } else { 10_000 };
     let seen = Arc::new(Seen::default());
     let mut config = config(backend);
     config.workers = 1;
     config.max_sessions = sessions + 16;
     let server = start(config, Timed(seen.clone()));
     let addr = server.local_addr();
-    let mut clients: Vec<TcpStream> = (0..sessions).map(|_| connect(addr)).collect();
+    let mut clients: Vec<TcpStream> = vec![connect(addr)];
+    let mut holder = None;
+    if cfg!(unix) && backend != BackendChoice::Uring {
+        holder = Some(hold_in_child(addr, sessions - 1));
+    } else {
+        clients.extend((1..sessions).map(|_| connect(addr)));
+    }
     wait_until(Duration::from_secs(30), "every session open", || {
         seen.connected.lock().unwrap().len() == sessions as usize
     });
@@ -307,6 +311,10 @@ fn many_timers_allocate_nothing_after_warm_up(backend: BackendChoice) {
         "no allocation per timer after warm-up"
     );
     drop(clients);
+    if let Some(mut child) = holder {
+        drop(child.stdin.take()); // the child closes its connections and exits
+        let _ = child.wait();
+    }
     stop_within(server, Duration::from_secs(20));
 }
 
@@ -425,3 +433,41 @@ backend_tests!(
     idle_timeout_closes_exactly_the_idle_sessions,
     timers_are_refused_for_stale_and_foreign_sessions,
 );
+
+/// Starts this test binary again, running only `hold_connections`, to hold `count` connections
+/// to `addr` until its standard input closes; returns once they are all open.
+fn hold_in_child(addr: SocketAddr, count: u32) -> std::process::Child {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "hold_connections", "--nocapture"])
+        .env("IOCP_HOLD", format!("{addr} {count}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the holding child");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let held = out.by_ref().map_while(Result::ok).any(|l| l == "held");
+    assert!(held, "the child did not hold its connections");
+    // Read the rest of its output, so that its test harness can write its summary.
+    std::thread::spawn(move || out.for_each(drop));
+    child
+}
+
+/// Not a test of its own: the child process of `many_timers_allocate_nothing_after_warm_up`
+/// (run with `--ignored --exact hold_connections` and `IOCP_HOLD="ADDR COUNT"`). Holds COUNT
+/// connections to ADDR until standard input closes.
+#[test]
+#[ignore = "run by many_timers_allocate_nothing_after_warm_up in a child process"]
+fn hold_connections() {
+    let spec = std::env::var("IOCP_HOLD").expect("IOCP_HOLD=\"ADDR COUNT\"");
+    let (addr, count) = spec.split_once(' ').unwrap();
+    let addr: SocketAddr = addr.parse().unwrap();
+    let streams: Vec<TcpStream> = (0..count.parse::<u32>().unwrap())
+        .map(|_| connect(addr))
+        .collect();
+    println!("held");
+    std::io::stdout().flush().unwrap();
+    let _ = std::io::stdin().read(&mut [0u8; 1]);
+    drop(streams);
+}
