@@ -119,8 +119,21 @@ pub struct ChatArgs {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub room_capacity: u32,
     /// The account file (redb); created empty if missing. Add users with `iocp-server users add`.
+    /// Not used with `--engine redis` (accounts are in Redis then).
     #[arg(long, default_value = DEFAULT_DB)]
     pub db: PathBuf,
+    /// Where logins (presence) and rooms live: `memory` (this process; accounts in `--db`) or
+    /// `redis` (shared by every instance on the same Redis; accounts in Redis too).
+    #[arg(long, value_enum, default_value = "memory")]
+    pub engine: EngineArg,
+    /// With `--engine redis`: `redis://HOST:PORT` of the Redis; several: seed nodes of a Redis
+    /// Cluster.
+    #[arg(long = "redis", value_name = "URL")]
+    pub redis: Vec<String>,
+    /// With `--engine redis`: seconds an instance that died keeps its users logged in and in
+    /// their rooms (each instance refreshes its own every third of it).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub presence_ttl: u64,
     /// Threads checking passwords (Argon2id), off the logic thread.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub login_threads: u32,
@@ -169,6 +182,15 @@ fn seconds(secs: u64) -> Option<Duration> {
 /// TCP keepalive of the chat server unless `--tcp-keepalive` says otherwise: its client sends
 /// no heartbeat, so a member whose machine vanished is found this way.
 const CHAT_KEEPALIVE_SECS: u64 = 60;
+
+/// The chat engine on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EngineArg {
+    /// In this process.
+    Memory,
+    /// In Redis.
+    Redis,
+}
 
 /// [`WhenFull`] on the command line.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -223,6 +245,7 @@ impl ChatArgs {
                 addr_pending: self.login_addr_pending,
                 max_backoff: Duration::from_secs(self.login_backoff_max),
             },
+            engine: crate::chat::EngineConfig::Memory,
             rooms: self.rooms,
             room_capacity: self.room_capacity,
             login_threads: self.login_threads as usize,
@@ -320,16 +343,44 @@ fn run_chat(args: &ChatArgs) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let accounts = match crate::users::chat_accounts(&args.db) {
-        Ok(accounts) => accounts,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::FAILURE;
+    let mut config = args.config();
+    let redis = match args.engine {
+        EngineArg::Memory => None,
+        EngineArg::Redis => {
+            if args.redis.is_empty() {
+                tracing::error!("--engine redis needs --redis URL (one, or a cluster's seeds)");
+                return ExitCode::FAILURE;
+            }
+            let mut redis_config = crate::redis::RedisConfig::new(args.redis.clone());
+            redis_config.presence_ttl = Duration::from_secs(args.presence_ttl);
+            // Started even if Redis is away: logins are answered busy until it is reached.
+            match crate::redis::Redis::connect(redis_config, Duration::from_secs(5), false) {
+                Ok(redis) => Some(redis),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            }
         }
     };
+    let accounts = match &redis {
+        Some(redis) => {
+            config.engine = crate::chat::EngineConfig::Redis(redis.clone());
+            iocp_accounts::Accounts::new(std::sync::Arc::new(crate::redis::RedisStore::new(
+                redis.clone(),
+            )))
+        }
+        None => match crate::users::chat_accounts(&args.db) {
+            Ok(accounts) => accounts,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     // A missing file is made once the port is bound.
-    let exists = args.db.exists();
-    if exists {
+    let exists = redis.is_some() || args.db.exists();
+    if exists && redis.is_none() {
         match accounts.user_ids() {
             Ok(ids) if ids.is_empty() => tracing::warn!(
                 "{}: no accounts yet: add one with `iocp-server users add NAME --db {}`",
@@ -341,7 +392,7 @@ fn run_chat(args: &ChatArgs) -> ExitCode {
         }
     }
     let signals = catch_signals();
-    let server = match ChatServer::start(args.config(), accounts) {
+    let server = match ChatServer::start(config, accounts) {
         Ok(server) => server,
         Err(e) => {
             tracing::error!("{e}");

@@ -4,11 +4,13 @@
 //! - [`chat`]: the tutorial's chat server — login against an account store, rooms, chat — on
 //!   the packet manager's logic thread ([`iocp_packet::logic`]).
 //! - [`users`]: `iocp-server users add|remove|list`, the chat server's account tool.
+//! - [`redis`]: the chat's Redis engine and account store, for several instances.
 //! - [`cli`]: the command line that puts them together.
 #![forbid(unsafe_code)]
 
 pub mod chat;
 pub mod cli;
 pub mod echo;
+pub mod redis;
 mod run;
 pub mod users;

@@ -32,9 +32,9 @@ pub enum UsersCommand {
     Add {
         /// The user id: 1 to 32 bytes of letters, digits, '-', '_' and '.'.
         user: String,
-        /// The account file.
-        #[arg(long, default_value = DEFAULT_DB)]
-        db: PathBuf,
+        /// Where the accounts are.
+        #[command(flatten)]
+        store: StoreArgs,
         /// Change the password of an existing user instead of refusing.
         #[arg(long)]
         replace: bool,
@@ -47,16 +47,47 @@ pub enum UsersCommand {
     Remove {
         /// The user id.
         user: String,
-        /// The account file.
-        #[arg(long, default_value = DEFAULT_DB)]
-        db: PathBuf,
+        /// Where the accounts are.
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// List the users, one per line.
     List {
-        /// The account file.
-        #[arg(long, default_value = DEFAULT_DB)]
-        db: PathBuf,
+        /// Where the accounts are.
+        #[command(flatten)]
+        store: StoreArgs,
     },
+}
+
+/// Where `users` finds the accounts: the account file, or Redis.
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// The account file.
+    #[arg(long, default_value = DEFAULT_DB)]
+    pub db: PathBuf,
+    /// The accounts of `chat --engine redis`, in the Redis at this URL (several: a Redis
+    /// Cluster's seed nodes) instead of the file.
+    #[arg(long = "redis", value_name = "URL")]
+    pub redis: Vec<String>,
+}
+
+impl StoreArgs {
+    /// The accounts: in Redis if `--redis` is given, else in the file (`create`: made if
+    /// missing; `read_only`: opened for reading only).
+    fn open(&self, create: bool, read_only: bool) -> Result<Accounts, String> {
+        if self.redis.is_empty() {
+            return if create {
+                open_accounts(&self.db)
+            } else {
+                existing(&self.db, read_only)
+            };
+        }
+        let config = crate::redis::RedisConfig::new(self.redis.clone());
+        let redis = crate::redis::Redis::connect(config, std::time::Duration::from_secs(5), true)?;
+        Ok(Accounts::new(Arc::new(crate::redis::RedisStore::new(
+            redis,
+        ))))
+    }
 }
 
 /// Argon2id cost of new hashes.
@@ -133,7 +164,7 @@ fn execute(command: &UsersCommand) -> Result<(), String> {
     match command {
         UsersCommand::Add {
             user,
-            db,
+            store,
             replace,
             hash_cost,
         } => {
@@ -143,7 +174,7 @@ fn execute(command: &UsersCommand) -> Result<(), String> {
                 ));
             };
             let user = &canonical;
-            let accounts = open_accounts(db)?;
+            let accounts = store.open(true, false)?;
             if !replace
                 && accounts
                     .store()
@@ -171,8 +202,8 @@ fn execute(command: &UsersCommand) -> Result<(), String> {
                 Err(e) => Err(e.to_string()),
             }
         }
-        UsersCommand::Remove { user, db } => {
-            let accounts = existing(db, false)?;
+        UsersCommand::Remove { user, store } => {
+            let accounts = store.open(false, false)?;
             match accounts.remove(user) {
                 Ok(true) => {
                     println!("removed {user}");
@@ -182,8 +213,8 @@ fn execute(command: &UsersCommand) -> Result<(), String> {
                 Err(e) => Err(e.to_string()),
             }
         }
-        UsersCommand::List { db } => {
-            let accounts = existing(db, true)?;
+        UsersCommand::List { store } => {
+            let accounts = store.open(false, true)?;
             for user in accounts.user_ids().map_err(|e| e.to_string())? {
                 println!("{user}");
             }

@@ -17,10 +17,10 @@ use iocp_chat_protocol::{
 use iocp_packet::{Logic, LogicContext, LogicPackets, PacketResult};
 use iocp_server::{CloseReason, SessionId};
 
+use super::engine::{Engine, Entered, EventKind, Output, RoomEvent};
 use super::login::{Audit, ChatLoginPool, ChatMessage, Ticket};
-use super::rooms::{Member, Rooms};
 use super::throttle::Throttle;
-use super::users::{State, Users};
+use super::users::{Place, State, Users};
 use super::{ChatConfig, Counters};
 
 /// Failed logins after which a connection is closed (a password-guessing client costs itself a
@@ -37,16 +37,15 @@ pub(crate) fn register(packets: &mut LogicPackets<ChatLogic>) {
         .on_packet(ChatLogic::on_chat);
 }
 
-/// The unique id of a logged-in session in the room notifies: its session id as a number (the
-/// generation above the slot index), so a user who logs in again has another.
-pub(crate) fn unique_id(session: SessionId) -> i64 {
-    (i64::from(session.generation) << 32) | i64::from(session.index)
-}
-
 /// The chat's state: users and rooms. Only the logic thread touches it.
 pub(crate) struct ChatLogic {
     users: Users,
-    rooms: Rooms,
+    /// The shared state: presence, rooms and their events.
+    engine: Box<dyn Engine>,
+    /// This instance's members of each room.
+    rooms: Vec<LocalRoom>,
+    /// The engine's answers not applied yet (reused).
+    out: Vec<Output>,
     login: ChatLoginPool,
     counters: Arc<Counters>,
     /// How long a connection may take to log in.
@@ -60,6 +59,57 @@ pub(crate) struct ChatLogic {
     next_audit: Instant,
 }
 
+/// A member of a room on this instance.
+#[derive(Debug)]
+struct LocalMember {
+    session: SessionId,
+    /// The number of its `Joined` event: it gets the room's events numbered after it.
+    joined: u64,
+}
+
+/// This instance's view of a room: its local members, and the events held while an entry is
+/// being answered (an event may arrive before the answer that tells where the newcomer's
+/// order starts).
+#[derive(Debug, Default)]
+struct LocalRoom {
+    members: Vec<LocalMember>,
+    /// Entries asked for and not answered yet.
+    entering: u32,
+    /// The events that came while `entering > 0`.
+    held: Vec<RoomEvent>,
+}
+
+/// Queues a room's event to those of `members` that joined before it (the same bytes to
+/// each); returns to how many.
+fn send_event(ctx: &LogicContext<'_>, members: &[LocalMember], event: &RoomEvent) -> u64 {
+    let mut bytes = None;
+    let mut sent = 0;
+    for member in members {
+        if event.seq.is_some_and(|seq| seq <= member.joined) {
+            continue;
+        }
+        let bytes = bytes.get_or_insert_with(|| match &event.kind {
+            EventKind::Joined(member) => RoomNewUserNotify {
+                user: RoomUser {
+                    unique_id: member.id,
+                    user_id: member.user_id.to_string(),
+                },
+            }
+            .encode(),
+            EventKind::Left(id) => RoomLeaveUserNotify { unique_id: *id }.encode(),
+            EventKind::Chat { user_id, message } => RoomChatNotify {
+                user_id: user_id.to_string(),
+                message: message.clone(),
+            }
+            .encode(),
+        });
+        if ctx.send_bytes(member.session, bytes.clone()).is_ok() {
+            sent += 1;
+        }
+    }
+    sent
+}
+
 /// Queues a response; a failure means that the session is closing, which its disconnect handles.
 fn reply(ctx: &LogicContext<'_>, session: SessionId, packet: &impl TypedPacket) {
     let _ = ctx.send_bytes(session, packet.encode());
@@ -68,13 +118,16 @@ fn reply(ctx: &LogicContext<'_>, session: SessionId, packet: &impl TypedPacket) 
 impl ChatLogic {
     pub(crate) fn new(
         config: &ChatConfig,
+        engine: Box<dyn Engine>,
         login: ChatLoginPool,
         audit: Audit,
         counters: Arc<Counters>,
     ) -> ChatLogic {
         ChatLogic {
             users: Users::new(config.server.max_sessions),
-            rooms: Rooms::new(config.rooms, config.room_capacity),
+            engine,
+            rooms: (0..config.rooms).map(|_| LocalRoom::default()).collect(),
+            out: Vec::new(),
             login,
             counters,
             login_timeout: config.login_timeout,
@@ -115,20 +168,175 @@ impl ChatLogic {
         }
     }
 
-    /// The user id and room of a logged-in session.
-    fn logged_in(&self, session: SessionId) -> Option<(Arc<str>, Option<u32>)> {
+    /// The user id and place of a logged-in session.
+    fn logged_in(&self, session: SessionId) -> Option<(Arc<str>, Place)> {
         match &self.users.get(session)?.state {
             State::LoggedIn { user_id, room } => Some((user_id.clone(), *room)),
             _ => None,
         }
     }
 
-    fn set_room(&mut self, session: SessionId, new_room: Option<u32>) {
+    fn set_place(&mut self, session: SessionId, place: Place) {
         if let Some(user) = self.users.get_mut(session) {
             if let State::LoggedIn { room, .. } = &mut user.state {
-                *room = new_room;
+                *room = place;
             }
         }
+    }
+
+    /// Applies what the engine answered, in order (more may come of it: applied too).
+    fn apply(&mut self, ctx: &mut LogicContext<'_>) {
+        let mut at = 0;
+        while at < self.out.len() {
+            // Outputs are taken one at a time: applying one may push more.
+            let output = std::mem::replace(
+                &mut self.out[at],
+                Output::Lost {
+                    user_id: Arc::from(""),
+                },
+            );
+            at += 1;
+            match output {
+                Output::Claimed {
+                    session,
+                    user_id,
+                    result,
+                } => self.claimed(ctx, session, user_id, result),
+                Output::Entered {
+                    session,
+                    room,
+                    result,
+                } => self.entered(ctx, session, room, result),
+                Output::Event(event) => self.deliver(ctx, event),
+                Output::Lost { user_id } => self.lost(ctx, &user_id),
+                Output::Resynced { room, seq } => {
+                    if let Some(local) = self.rooms.get_mut(room as usize) {
+                        for member in &mut local.members {
+                            member.joined = seq;
+                        }
+                        local.held.clear();
+                    }
+                }
+            }
+        }
+        self.out.clear();
+    }
+
+    /// Delivers a room's event to this instance's members of the room that joined before it.
+    fn deliver(&mut self, ctx: &LogicContext<'_>, event: RoomEvent) {
+        let Some(local) = self.rooms.get_mut(event.room as usize) else {
+            return;
+        };
+        let sent = send_event(ctx, &local.members, &event);
+        if matches!(event.kind, EventKind::Chat { .. }) {
+            Counters::add(&self.counters.notifies, sent);
+        }
+        if local.entering > 0 && event.seq.is_some() {
+            local.held.push(event);
+        }
+    }
+
+    /// The engine answered an entry.
+    fn entered(
+        &mut self,
+        ctx: &mut LogicContext<'_>,
+        session: SessionId,
+        room: u32,
+        result: Result<Entered, ResultCode>,
+    ) {
+        let Some(local) = self.rooms.get_mut(room as usize) else {
+            return;
+        };
+        local.entering = local.entering.saturating_sub(1);
+        let held = if local.entering == 0 {
+            std::mem::take(&mut local.held)
+        } else {
+            local.held.clone()
+        };
+        let waiting = matches!(self.logged_in(session), Some((_, Place::Entering(r))) if r == room);
+        let entered = match result {
+            Err(result) => {
+                if waiting {
+                    self.set_place(session, Place::Lobby);
+                    reply(ctx, session, &RoomEnterResponse { result });
+                }
+                return;
+            }
+            Ok(entered) => entered,
+        };
+        if !waiting {
+            // The session left or closed while it waited: it leaves at once.
+            self.engine.leave(room, entered.member_id, &mut self.out);
+            return;
+        }
+        self.set_place(
+            session,
+            Place::In {
+                room,
+                member_id: entered.member_id,
+            },
+        );
+        Counters::add(&self.counters.room_enters, 1);
+        reply(
+            ctx,
+            session,
+            &RoomEnterResponse {
+                result: ResultCode::NONE,
+            },
+        );
+        let members: Vec<RoomUser> = entered
+            .members
+            .iter()
+            .map(|m| RoomUser {
+                unique_id: m.id,
+                user_id: m.user_id.to_string(),
+            })
+            .collect();
+        for chunk in members.chunks(MAX_USER_LIST) {
+            let list = RoomUserListNotify {
+                users: chunk.to_vec(),
+            };
+            reply(ctx, session, &list);
+        }
+        self.rooms[room as usize].members.push(LocalMember {
+            session,
+            joined: entered.seq,
+        });
+        // What happened in the room after its entry, before the answer came.
+        let newcomer = [LocalMember {
+            session,
+            joined: entered.seq,
+        }];
+        for event in &held {
+            send_event(ctx, &newcomer, event);
+        }
+    }
+
+    /// Takes `session` out of its room (or its entry) and tells the engine, which tells the
+    /// others.
+    fn leave_room(&mut self, session: SessionId) {
+        match self.logged_in(session) {
+            Some((_, Place::In { room, member_id })) => {
+                if let Some(local) = self.rooms.get_mut(room as usize) {
+                    local.members.retain(|m| m.session != session);
+                }
+                self.engine.leave(room, member_id, &mut self.out);
+            }
+            Some((_, Place::Entering(_))) => {} // its answer finds it gone and leaves
+            _ => return,
+        }
+        self.set_place(session, Place::Lobby);
+    }
+
+    /// The session logged in as `user_id` lost it to another instance: it is closed.
+    fn lost(&mut self, ctx: &mut LogicContext<'_>, user_id: &str) {
+        let Some(session) = self.users.session_of(user_id) else {
+            return;
+        };
+        tracing::warn!("session {session}: {user_id:?} is logged in elsewhere now: closing it");
+        self.leave_room(session);
+        self.users.log_out(session);
+        let _ = ctx.close_with(session, CloseReason::Closed);
     }
 
     fn refused_login(&self, ctx: &LogicContext<'_>, session: SessionId, result: ResultCode) {
@@ -217,9 +425,15 @@ impl ChatLogic {
         if !matches!(&user.state, State::LoggingIn(id) if *id == user_id) {
             return;
         }
-        user.state = State::Connected;
         let result = match outcome {
-            Outcome::Accepted => ResultCode::NONE,
+            Outcome::Accepted => {
+                // The password is right: the engine claims the user's presence; the answer
+                // comes as `Output::Claimed`, in `claimed`.
+                let user_id: Arc<str> = Arc::from(user_id);
+                self.engine.claim(session, &user_id, &mut self.out);
+                self.apply(ctx);
+                return;
+            }
             Outcome::Refused => {
                 user.failed_logins += 1;
                 ResultCode::LOGIN_USER_INVALID_PW
@@ -227,30 +441,56 @@ impl ChatLogic {
             Outcome::StoreFailed => ResultCode::LOGIN_STORE_ERROR,
             Outcome::Dropped => unreachable!("handled above"),
         };
+        user.state = State::Connected;
         let failed = user.failed_logins;
-        if result != ResultCode::NONE {
-            tracing::debug!("session {session}: login as {user_id:?} refused: {result}");
-            self.refused_login(ctx, session, result);
-            if failed >= MAX_FAILED_LOGINS {
-                tracing::warn!("session {session}: {failed} failed logins: closing it");
-                let _ = ctx.close_with(
-                    session,
-                    CloseReason::Protocol(format!("{failed} failed logins")),
-                );
+        tracing::debug!("session {session}: login as {user_id:?} refused: {result}");
+        self.refused_login(ctx, session, result);
+        if failed >= MAX_FAILED_LOGINS {
+            tracing::warn!("session {session}: {failed} failed logins: closing it");
+            let _ = ctx.close_with(
+                session,
+                CloseReason::Protocol(format!("{failed} failed logins")),
+            );
+        }
+    }
+
+    /// The engine answered a presence claim: the login is done.
+    fn claimed(
+        &mut self,
+        ctx: &mut LogicContext<'_>,
+        session: SessionId,
+        user_id: Arc<str>,
+        result: Result<(), ResultCode>,
+    ) {
+        let waiting = self
+            .users
+            .get(session)
+            .is_some_and(|u| matches!(&u.state, State::LoggingIn(id) if **id == *user_id));
+        if !waiting {
+            // Closed while the claim was on its way: give the presence back unless another
+            // session of this instance has the user.
+            if result.is_ok() && self.users.session_of(&user_id).is_none() {
+                self.engine.release(&user_id);
             }
             return;
         }
-        // The user's earlier session, if any, is replaced: whatever state it is in (its client
-        // gone without a word, or still connected elsewhere), the newest login wins. It leaves
-        // its room (the others are told) and is closed.
+        if let Some(user) = self.users.get_mut(session) {
+            user.state = State::Connected;
+        }
+        if let Err(result) = result {
+            tracing::debug!("session {session}: login as {user_id:?} refused: {result}");
+            self.refused_login(ctx, session, result);
+            return;
+        }
+        // The user's earlier session on this instance, if any, is replaced: whatever state it
+        // is in (its client gone without a word, or still connected), the newest login wins.
+        // It leaves its room (the others are told) and is closed.
         if let Some(old) = self
             .users
             .session_of(&user_id)
             .filter(|&old| old != session)
         {
-            if let Some((_, Some(number))) = self.logged_in(old) {
-                self.leave_room(ctx, old, number);
-            }
+            self.leave_room(old);
             self.users.replaced(old);
             Counters::add(&self.counters.logins_replaced, 1);
             tracing::info!("session {old}: {user_id:?} logged in again on {session}: closing it");
@@ -263,11 +503,18 @@ impl ChatLogic {
             std::sync::atomic::Ordering::Relaxed,
         );
         tracing::debug!("session {session}: logged in as {user_id:?}");
-        reply(ctx, session, &LoginResponse { result });
+        reply(
+            ctx,
+            session,
+            &LoginResponse {
+                result: ResultCode::NONE,
+            },
+        );
     }
 
-    /// `ROOM_ENTER_REQUEST`: the response, then the member list (the newcomer included, last)
-    /// to the newcomer, then `ROOM_NEW_USER_NOTIFY` to the others.
+    /// `ROOM_ENTER_REQUEST`: the engine is asked; its answer (`entered`) sends the response and
+    /// the member list (the newcomer included, last) to the newcomer, and its `Joined` event
+    /// `ROOM_NEW_USER_NOTIFY` to the others.
     fn on_enter(
         &mut self,
         ctx: &mut LogicContext<'_>,
@@ -275,11 +522,11 @@ impl ChatLogic {
         request: RoomEnterRequest,
     ) -> PacketResult {
         let refuse = |result| RoomEnterResponse { result };
-        let Some((user_id, room)) = self.logged_in(session) else {
+        let Some((user_id, place)) = self.logged_in(session) else {
             reply(ctx, session, &refuse(ResultCode::USER_MGR_NOT_LOGGED_IN));
             return Ok(());
         };
-        if room.is_some() {
+        if place != Place::Lobby {
             reply(
                 ctx,
                 session,
@@ -287,64 +534,18 @@ impl ChatLogic {
             );
             return Ok(());
         }
-        let member = Member {
-            session,
-            user_id: user_id.clone(),
+        let Some(room) = u32::try_from(request.room_number)
+            .ok()
+            .filter(|&r| (r as usize) < self.rooms.len())
+        else {
+            reply(ctx, session, &refuse(ResultCode::ROOM_INVALID_INDEX));
+            return Ok(());
         };
-        let number = match self.rooms.enter(request.room_number, member) {
-            Ok(number) => number,
-            Err(result) => {
-                reply(ctx, session, &refuse(result));
-                return Ok(());
-            }
-        };
-        self.set_room(session, Some(number));
-        Counters::add(&self.counters.room_enters, 1);
-        let room = self.rooms.get(number).expect("just entered");
-        reply(
-            ctx,
-            session,
-            &RoomEnterResponse {
-                result: ResultCode::NONE,
-            },
-        );
-        let members: Vec<RoomUser> = room
-            .members()
-            .iter()
-            .map(|m| RoomUser {
-                unique_id: unique_id(m.session),
-                user_id: m.user_id.to_string(),
-            })
-            .collect();
-        for chunk in members.chunks(MAX_USER_LIST) {
-            let list = RoomUserListNotify {
-                users: chunk.to_vec(),
-            };
-            reply(ctx, session, &list);
-        }
-        let notify = RoomNewUserNotify {
-            user: RoomUser {
-                unique_id: unique_id(session),
-                user_id: user_id.to_string(),
-            },
-        }
-        .encode();
-        room.send_all(ctx, &notify, Some(session));
+        self.set_place(session, Place::Entering(room));
+        self.rooms[room as usize].entering += 1;
+        self.engine.enter(session, &user_id, room, &mut self.out);
+        self.apply(ctx);
         Ok(())
-    }
-
-    /// Takes `session` out of its room and tells the others.
-    fn leave_room(&mut self, ctx: &LogicContext<'_>, session: SessionId, number: u32) {
-        if let Some(member) = self.rooms.leave(number, session) {
-            let notify = RoomLeaveUserNotify {
-                unique_id: unique_id(member.session),
-            }
-            .encode();
-            if let Some(room) = self.rooms.get(number) {
-                room.send_all(ctx, &notify, None);
-            }
-        }
-        self.set_room(session, None);
     }
 
     /// `ROOM_LEAVE_REQUEST`.
@@ -356,8 +557,10 @@ impl ChatLogic {
     ) -> PacketResult {
         let result = match self.logged_in(session) {
             None => ResultCode::USER_MGR_NOT_LOGGED_IN,
-            Some((_, None)) => ResultCode::LEAVE_ROOM_INVALID_ROOM_INDEX,
-            Some((_, Some(number))) => {
+            Some((_, Place::In { .. })) if !self.engine.available() => {
+                ResultCode::LOGIN_SERVER_BUSY
+            }
+            Some((_, Place::In { .. })) => {
                 reply(
                     ctx,
                     session,
@@ -365,44 +568,36 @@ impl ChatLogic {
                         result: ResultCode::NONE,
                     },
                 );
-                self.leave_room(ctx, session, number);
+                self.leave_room(session);
+                self.apply(ctx);
                 return Ok(());
             }
+            Some(_) => ResultCode::LEAVE_ROOM_INVALID_ROOM_INDEX,
         };
         reply(ctx, session, &RoomLeaveResponse { result });
         Ok(())
     }
 
-    /// `ROOM_CHAT_REQUEST`: the response to the sender, then one `ROOM_CHAT_NOTIFY`, encoded
-    /// once, to every member (the sender included).
+    /// `ROOM_CHAT_REQUEST`: the response to the sender, then the engine's `Chat` event: one
+    /// `ROOM_CHAT_NOTIFY`, encoded once, to every member (the sender included).
     fn on_chat(
         &mut self,
         ctx: &mut LogicContext<'_>,
         session: SessionId,
         request: RoomChatRequest,
     ) -> PacketResult {
-        let (user_id, number) = match self.logged_in(session) {
+        let (user_id, room) = match self.logged_in(session) {
             None => {
-                reply(
-                    ctx,
-                    session,
-                    &RoomChatResponse {
-                        result: ResultCode::USER_MGR_NOT_LOGGED_IN,
-                    },
-                );
+                let result = ResultCode::USER_MGR_NOT_LOGGED_IN;
+                reply(ctx, session, &RoomChatResponse { result });
                 return Ok(());
             }
-            Some((_, None)) => {
-                reply(
-                    ctx,
-                    session,
-                    &RoomChatResponse {
-                        result: ResultCode::CHAT_ROOM_INVALID_ROOM_NUMBER,
-                    },
-                );
+            Some((user_id, Place::In { room, .. })) => (user_id, room),
+            Some(_) => {
+                let result = ResultCode::CHAT_ROOM_INVALID_ROOM_NUMBER;
+                reply(ctx, session, &RoomChatResponse { result });
                 return Ok(());
             }
-            Some((user_id, Some(number))) => (user_id, number),
         };
         reply(
             ctx,
@@ -411,15 +606,10 @@ impl ChatLogic {
                 result: ResultCode::NONE,
             },
         );
-        let notify = RoomChatNotify {
-            user_id: user_id.to_string(),
-            message: request.message,
-        }
-        .encode();
-        let room = self.rooms.get(number).expect("a member's room exists");
-        let sent = room.send_all(ctx, &notify, None);
         Counters::add(&self.counters.chats, 1);
-        Counters::add(&self.counters.notifies, sent);
+        self.engine
+            .chat(room, &user_id, request.message, &mut self.out);
+        self.apply(ctx);
         Ok(())
     }
 }
@@ -454,23 +644,29 @@ impl Logic for ChatLogic {
         session: SessionId,
         reason: CloseReason,
     ) {
-        if let Some((_, Some(number))) = self.logged_in(session) {
-            self.leave_room(ctx, session, number);
-        }
+        self.leave_room(session);
         if let Some(user) = self.users.disconnect(session) {
             if let State::LoggedIn { user_id, .. } = user.state {
                 tracing::debug!("session {session}: {user_id:?} logged out: {reason}");
+                if self.users.session_of(&user_id).is_none() {
+                    self.engine.release(&user_id);
+                }
             }
         }
         self.counters.online.store(
             self.users.online() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+        self.apply(ctx);
     }
 
     fn on_message(&mut self, ctx: &mut LogicContext<'_>, message: ChatMessage) {
         match message {
             ChatMessage::LoginDone(done) => self.login_done(ctx, done),
+            ChatMessage::Engine(outputs) => {
+                self.out.extend(outputs);
+                self.apply(ctx);
+            }
             ChatMessage::AccountsRemoved(removed) => {
                 for (session, user_id) in removed {
                     if self.users.session_of(&user_id) != Some(session) {
@@ -479,12 +675,13 @@ impl Logic for ChatLogic {
                     tracing::info!(
                         "session {session}: the account {user_id:?} was removed: closing it"
                     );
-                    if let Some((_, Some(number))) = self.logged_in(session) {
-                        self.leave_room(ctx, session, number);
+                    self.leave_room(session);
+                    if let Some(user_id) = self.users.log_out(session) {
+                        self.engine.release(&user_id);
                     }
-                    self.users.replaced(session);
                     let _ = ctx.close_with(session, CloseReason::Closed);
                 }
+                self.apply(ctx);
             }
         }
     }

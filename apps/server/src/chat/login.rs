@@ -20,6 +20,8 @@ pub(crate) type ChatLoginPool = LoginPool<Ticket>;
 pub(crate) enum ChatMessage {
     /// A login was checked (or dropped).
     LoginDone(LoginDone<Ticket>),
+    /// The shared engine's answers and news ([`super::engine::Output`]).
+    Engine(Vec<super::engine::Output>),
     /// These logged-in users' accounts no longer exist (removed with `users remove`).
     AccountsRemoved(Vec<(SessionId, String)>),
 }

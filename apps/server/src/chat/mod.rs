@@ -34,9 +34,9 @@
 //!
 //! The protocol is in the `iocp-chat-protocol` crate and `docs/protocol.md`.
 
+pub(crate) mod engine;
 mod logic;
-mod login;
-mod rooms;
+pub(crate) mod login;
 mod throttle;
 mod users;
 
@@ -53,11 +53,32 @@ use iocp_server::{Config, ServerHandle};
 use self::logic::ChatLogic;
 use self::login::ChatLoginPool;
 
+/// Where the chat keeps its shared state ([`engine`]).
+#[derive(Clone, Default)]
+pub enum EngineConfig {
+    /// In this process (the default; nothing to install).
+    #[default]
+    Memory,
+    /// In Redis, shared by every instance connected to it.
+    Redis(Arc<crate::redis::Redis>),
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineConfig::Memory => f.write_str("Memory"),
+            EngineConfig::Redis(_) => f.write_str("Redis"),
+        }
+    }
+}
+
 /// Settings of the chat server.
 #[derive(Clone, Debug)]
 pub struct ChatConfig {
     /// The network server's settings (address, workers, sessions, send-queue limit, ...).
     pub server: Config,
+    /// Where presence and rooms live: this process, or Redis.
+    pub engine: EngineConfig,
     /// Rooms, numbered `0..rooms`.
     pub rooms: u32,
     /// Members a room holds.
@@ -83,6 +104,7 @@ impl Default for ChatConfig {
     fn default() -> Self {
         ChatConfig {
             server: Config::default(),
+            engine: EngineConfig::Memory,
             rooms: 10,
             room_capacity: 10,
             login_threads: 2,
@@ -229,6 +251,18 @@ impl ChatServer {
                 pool_error = Some(e);
                 login::Audit::none()
             });
+            let engine: Box<dyn engine::Engine> = match &config.engine {
+                EngineConfig::Memory => Box::new(engine::MemoryEngine::new(
+                    config.rooms,
+                    config.room_capacity,
+                )),
+                EngineConfig::Redis(redis) => Box::new(crate::redis::RedisEngine::start(
+                    redis.clone(),
+                    config.rooms,
+                    config.room_capacity,
+                    sender.clone(),
+                )),
+            };
             let login = login::start(
                 accounts,
                 config.login_threads,
@@ -240,7 +274,7 @@ impl ChatServer {
                 pool_error = Some(e);
                 ChatLoginPool::none()
             });
-            ChatLogic::new(&config, login, audit, counters.clone())
+            ChatLogic::new(&config, engine, login, audit, counters.clone())
         })?;
         let _ = server.set(inner.handle());
         if let Some(source) = pool_error {

@@ -13,13 +13,21 @@ pub(crate) enum State {
     Connected,
     /// Its password is being checked, for this user id.
     LoggingIn(String),
-    /// Logged in as `user_id`, in `room` if any.
-    LoggedIn {
-        user_id: Arc<str>,
-        room: Option<u32>,
-    },
+    /// Logged in as `user_id`, in a room or not.
+    LoggedIn { user_id: Arc<str>, room: Place },
     /// Its user logged in again on another session, which took over; this one is closing.
     Replaced,
+}
+
+/// Where a logged-in user is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// In no room.
+    Lobby,
+    /// Waiting for the engine to let it into this room.
+    Entering(u32),
+    /// In this room, with this member id.
+    In { room: u32, member_id: i64 },
 }
 
 /// One session's user.
@@ -91,7 +99,7 @@ impl Users {
         if let Some(user) = self.get_mut(session) {
             user.state = State::LoggedIn {
                 user_id,
-                room: None,
+                room: Place::Lobby,
             };
         }
     }
@@ -102,6 +110,20 @@ impl Users {
         if let Some(user) = self.get_mut(session) {
             user.state = State::Replaced;
         }
+    }
+
+    /// `session` loses its login (lost to another instance, or its account removed) and is
+    /// closing: its user id is free. Returns the user id it had.
+    pub(crate) fn log_out(&mut self, session: SessionId) -> Option<Arc<str>> {
+        let user = self.get_mut(session)?;
+        let State::LoggedIn { user_id, .. } = std::mem::replace(&mut user.state, State::Replaced)
+        else {
+            return None;
+        };
+        if self.logged_in.get(&user_id) == Some(&session) {
+            self.logged_in.remove(&user_id);
+        }
+        Some(user_id)
     }
 
     /// A session ended: forget its user, logging it out. Returns what it was.

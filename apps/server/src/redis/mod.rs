@@ -1,0 +1,189 @@
+//! Redis, for several chat instances sharing their accounts, logins and rooms
+//! (`--engine redis --redis URL`): one Redis, or a Redis Cluster given several seed URLs.
+//!
+//! - [`Redis`]: the connection, made with the `fred` client on a small tokio runtime of its
+//!   own (two threads); it reconnects by itself, with back-off, and commands fail fast while it
+//!   is away (the chat then answers `LOGIN_SERVER_BUSY` at once).
+//! - [`RedisStore`]: the accounts (Argon2id hashes, never passwords) in one hash.
+//! - [`RedisEngine`]: presence, rooms and room messages ([`crate::chat`]'s engine).
+//!
+//! Keys (`PREFIX` is `iocp`; the part in braces is the cluster hash tag, so that every atomic
+//! step touches one slot):
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `iocp:accounts` | hash | user id → password hash (PHC string) |
+//! | `iocp:{user:ID}:presence` | string, expiring | the id of the instance the user is logged in on |
+//! | `iocp:{room:N}:members` | hash | member id → `entry-seq instance user-id` |
+//! | `iocp:{room:N}:alive` | sorted set | member id → when its instance must have refreshed it by (ms) |
+//! | `iocp:{room:N}:seq` | counter | the number of the room's last event |
+//! | `iocp:{room:N}:events` | shard channel | the room's events, numbered (`SPUBLISH`) |
+
+mod accounts;
+mod engine;
+mod scripts;
+
+pub use accounts::RedisStore;
+pub(crate) use engine::RedisEngine;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::config::{ClusterDiscoveryPolicy, ServerConfig};
+
+/// How the instances reach Redis.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// `redis://HOST:PORT` of one Redis, or several: seeds of a Redis Cluster.
+    pub urls: Vec<String>,
+    /// How long a presence or a room membership lives without its instance refreshing it (the
+    /// time an instance that died keeps its users).
+    pub presence_ttl: Duration,
+    /// How long a command may take before it counts as failed.
+    pub command_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// One Redis at `url`, with the default times.
+    pub fn new(urls: Vec<String>) -> RedisConfig {
+        RedisConfig {
+            urls,
+            presence_ttl: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(2),
+        }
+    }
+
+    fn fred_config(&self) -> Result<Config, String> {
+        match self.urls.as_slice() {
+            [] => Err("no Redis URL".into()),
+            [url] => Config::from_url(url).map_err(|e| format!("{url}: {e}")),
+            urls => {
+                let mut hosts = Vec::new();
+                for url in urls {
+                    let config =
+                        Config::from_url_centralized(url).map_err(|e| format!("{url}: {e}"))?;
+                    match config.server {
+                        ServerConfig::Centralized { server } => hosts.push(server),
+                        _ => return Err(format!("{url}: not a redis://HOST:PORT URL")),
+                    }
+                }
+                let first = Config::from_url_centralized(&urls[0]).map_err(|e| e.to_string())?;
+                Ok(Config {
+                    server: ServerConfig::Clustered {
+                        hosts,
+                        policy: ClusterDiscoveryPolicy::default(),
+                    },
+                    ..first
+                })
+            }
+        }
+    }
+}
+
+/// A connection to Redis (or a Redis Cluster): a command client and a subscriber, driven by a
+/// tokio runtime of their own. Shared by the account store and the chat engine.
+pub struct Redis {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+    subscriber: fred::clients::SubscriberClient,
+    config: RedisConfig,
+}
+
+impl Redis {
+    /// Connects, waiting up to `wait` for the first connection. With `must_connect`, failing
+    /// to connect in that time is an error; otherwise the connection goes on trying in the
+    /// background (and the chat answers busy until it is made).
+    ///
+    /// # Errors
+    ///
+    /// A bad URL, a runtime that cannot start, or (with `must_connect`) Redis out of reach.
+    pub fn connect(
+        config: RedisConfig,
+        wait: Duration,
+        must_connect: bool,
+    ) -> Result<Arc<Redis>, String> {
+        let fred_config = config.fred_config()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("redis")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the Redis client's threads: {e}"))?;
+        let mut builder = Builder::from_config(fred_config);
+        builder
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(2);
+                c.internal_command_timeout = Duration::from_secs(2);
+                // A command is not sent twice: the chat's steps are not all idempotent.
+                c.max_command_attempts = 1;
+                c.tcp.nodelay = Some(true);
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = config.command_timeout;
+                // Room events wait here while the forwarder hands them to the logic thread.
+                p.broadcast_channel_capacity = 1 << 16;
+            })
+            // Unlimited attempts, 100 ms doubling up to 2 s.
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+        let client = builder.build().map_err(|e| format!("Redis client: {e}"))?;
+        let subscriber = builder
+            .build_subscriber_client()
+            .map_err(|e| format!("Redis subscriber: {e}"))?;
+        let connected = runtime.block_on(async {
+            client.connect();
+            subscriber.connect();
+            // Renews the channels after every reconnect (the task lives as long as the client).
+            drop(subscriber.manage_subscriptions());
+            tokio::time::timeout(wait, async {
+                client.wait_for_connect().await?;
+                subscriber.wait_for_connect().await
+            })
+            .await
+        });
+        match connected {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if must_connect => return Err(format!("Redis: {e}")),
+            Err(_) if must_connect => {
+                return Err(format!(
+                    "Redis at {} not reachable within {wait:?}",
+                    config.urls.join(", ")
+                ));
+            }
+            Ok(Err(e)) => tracing::warn!("Redis: {e}: retrying in the background"),
+            Err(_) => tracing::warn!(
+                "Redis at {} not reachable within {wait:?}: retrying in the background",
+                config.urls.join(", ")
+            ),
+        }
+        Ok(Arc::new(Redis {
+            runtime,
+            client,
+            subscriber,
+            config,
+        }))
+    }
+
+    /// Whether both connections are up.
+    pub fn is_connected(&self) -> bool {
+        self.client.is_connected() && self.subscriber.is_connected()
+    }
+
+    /// Runs `future` on the connection's runtime, from a thread outside it.
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let (client, subscriber) = (self.client.clone(), self.subscriber.clone());
+        self.runtime.block_on(async move {
+            let quit = async {
+                let _ = subscriber.quit().await;
+                let _ = client.quit().await;
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), quit).await;
+        });
+    }
+}
