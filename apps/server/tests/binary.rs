@@ -4,14 +4,13 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use iocp_accounts::{AccountStore, RedbStore};
 use iocp_chat_protocol::ResultCode;
+use support::process::{ServerProcess, wait_status};
 use support::{Client, IO_TIMEOUT};
 
 const BIN: &str = env!("CARGO_BIN_EXE_iocp-server");
@@ -38,21 +37,6 @@ fn run(args: &[&str], stdin: &str) -> Output {
 fn wait_within(mut child: Child, limit: Duration) -> Output {
     wait_status(&mut child, limit);
     child.wait_with_output().unwrap()
-}
-
-/// Waits for `child` to exit, killing it and failing the test after `limit`.
-fn wait_status(child: &mut Child, limit: Duration) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("iocp-server did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -139,114 +123,6 @@ fn users_add_list_remove_with_the_password_on_stdin() {
 }
 
 /// A server process whose stderr is read line by line.
-struct ServerProcess {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    addr: SocketAddr,
-    /// Every line read so far.
-    seen: Vec<String>,
-}
-
-impl ServerProcess {
-    fn start(args: &[&str]) -> ServerProcess {
-        ServerProcess::spawn(Command::new(BIN).args(args))
-    }
-
-    /// Starts the server from `command` (its arguments and anything else already set).
-    fn spawn(command: &mut Command) -> ServerProcess {
-        let mut child = command
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn iocp-server");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(strip_ansi(&line)).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut server = ServerProcess {
-            child,
-            lines,
-            addr: "0.0.0.0:0".parse().unwrap(),
-            seen: Vec::new(),
-        };
-        let line = server.wait_for("listening on ");
-        let rest = &line[line.find("listening on ").unwrap() + "listening on ".len()..];
-        server.addr = rest[..rest.find(": ").unwrap()].parse().unwrap();
-        server
-    }
-
-    /// The first line (from now) containing `what`.
-    fn wait_for(&mut self, what: &str) -> String {
-        let deadline = Instant::now() + IO_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(what) {
-                        return line;
-                    }
-                }
-                Err(_) => {
-                    let _ = self.child.kill();
-                    panic!("the server never logged {what:?}");
-                }
-            }
-        }
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    #[cfg(unix)]
-    fn stop(mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        self.wait_for("stopped");
-        let status = wait_status(&mut self.child, IO_TIMEOUT);
-        assert!(status.success(), "{status:?}");
-    }
-
-    #[cfg(not(unix))]
-    fn stop(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// The chat server as a process, with an account added while it runs (the account file is
 /// shared between the two processes).
 #[test]

@@ -374,6 +374,8 @@ impl ChatLogic {
         let result = match canonical_user_id(&request.user_id) {
             _ if user.state != State::Connected => ResultCode::LOGIN_USER_ALREADY,
             None => ResultCode::LOGIN_USER_INVALID_ID,
+            // The shared store is out of reach: answered at once, without a password check.
+            Some(_) if !self.engine.available() => ResultCode::LOGIN_SERVER_BUSY,
             Some(user_id) => match self.throttle.admit(&user_id, addr, now) {
                 Err(why) => {
                     tracing::debug!("session {session}: login of {user_id:?} throttled: {why:?}");

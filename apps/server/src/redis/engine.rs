@@ -481,11 +481,13 @@ impl Task {
             self.claimed.len(),
             self.members.len()
         );
+        self.up.store(true, Ordering::Relaxed);
         let outputs = self.refresh(true).await;
-        if self.redis.is_connected() {
+        if self.up.load(Ordering::Relaxed) {
             self.logged_down = false;
-            self.up.store(true, Ordering::Relaxed);
+            tracing::info!("Redis: service resumed");
         }
+        // (A failed refresh marked it down again: the next watch tries anew.)
         self.report(outputs);
     }
 
@@ -754,9 +756,13 @@ impl Task {
         let client = self.redis.client.clone();
         let mut outputs = Vec::new();
         if resync && !self.subscribed.is_empty() {
-            // The subscriber renews its channels by itself; make sure they are there before
-            // the room numbers are read.
-            let _ = self.redis.subscriber.resubscribe_all().await;
+            // A new connection has no subscriptions: the rooms' channels are taken again
+            // before their numbers are read.
+            let channels: Vec<String> = self.subscribed.iter().map(|&r| channel(r)).collect();
+            if let Err(e) = self.redis.subscriber.ssubscribe(channels).await {
+                self.down(&format!("subscribing again: {e}"));
+                return outputs;
+            }
         }
         let users: Vec<Arc<str>> = self.claimed.iter().cloned().collect();
         let claims = users.iter().map(|user_id| {

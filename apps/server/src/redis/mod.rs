@@ -2,8 +2,9 @@
 //! (`--engine redis --redis URL`): one Redis, or a Redis Cluster given several seed URLs.
 //!
 //! - [`Redis`]: the connection, made with the `fred` client on a small tokio runtime of its
-//!   own (two threads); it reconnects by itself, with back-off, and commands fail fast while it
-//!   is away (the chat then answers `LOGIN_SERVER_BUSY` at once).
+//!   own (two threads); it reconnects by itself, with back-off (50 ms doubling up to 1 s), and
+//!   commands fail fast while it is away (the chat then answers `LOGIN_SERVER_BUSY` at once).
+//!   The engine takes its rooms' channels again after each reconnect.
 //! - [`RedisStore`]: the accounts (Argon2id hashes, never passwords) in one hash.
 //! - [`RedisEngine`]: presence, rooms and room messages ([`crate::chat`]'s engine).
 //!
@@ -124,8 +125,9 @@ impl Redis {
                 // Room events wait here while the forwarder hands them to the logic thread.
                 p.broadcast_channel_capacity = 1 << 16;
             })
-            // Unlimited attempts, 100 ms doubling up to 2 s.
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+            // Unlimited attempts, 50 ms doubling up to 1 s: service resumes within about a
+            // second of Redis's return.
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2));
         let client = builder.build().map_err(|e| format!("Redis client: {e}"))?;
         let subscriber = builder
             .build_subscriber_client()
@@ -133,8 +135,6 @@ impl Redis {
         let connected = runtime.block_on(async {
             client.connect();
             subscriber.connect();
-            // Renews the channels after every reconnect (the task lives as long as the client).
-            drop(subscriber.manage_subscriptions());
             tokio::time::timeout(wait, async {
                 client.wait_for_connect().await?;
                 subscriber.wait_for_connect().await

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+pub mod redis;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -130,14 +133,39 @@ impl Client {
 
     /// The next packet's raw frame (header included).
     pub fn recv_frame(&mut self) -> Vec<u8> {
+        self.recv_frame_within(None).expect("a frame")
+    }
+
+    /// The next packet, if one comes within `wait`.
+    pub fn try_recv(&mut self, wait: Duration) -> Option<Packet> {
+        let frame = self.recv_frame_within(Some(wait))?;
+        let (frame, _) = Frame::parse(&frame, iocp_wire::MAX_FRAME_LEN)
+            .unwrap()
+            .unwrap();
+        Some(Packet::decode(&frame).expect("the server sends good packets"))
+    }
+
+    fn recv_frame_within(&mut self, wait: Option<Duration>) -> Option<Vec<u8>> {
         let mut buf = [0u8; 16 * 1024];
         loop {
             if let Some(frame) = self.pending.pop_front() {
-                return frame;
+                return Some(frame);
             }
+            self.stream
+                .set_read_timeout(Some(wait.unwrap_or(IO_TIMEOUT)))
+                .unwrap();
             let n = match self.stream.read(&mut buf) {
                 Ok(0) => panic!("{}: the server closed the connection", self.name),
                 Ok(n) => n,
+                Err(e)
+                    if wait.is_some()
+                        && matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                {
+                    return None;
+                }
                 Err(e) => panic!("{}: read: {e}", self.name),
             };
             let pending = &mut self.pending;

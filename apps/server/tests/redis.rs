@@ -1,0 +1,385 @@
+//! Several chat instances sharing accounts, logins and rooms over a real Redis (and a real
+//! 3-master Redis Cluster, and real HAProxy in front): each test starts its own processes on
+//! free loopback ports in a temporary folder and stops them by PID.
+#![cfg(unix)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use iocp_chat_protocol::{
+    Packet, ResultCode, RoomChatNotify, RoomLeaveUserNotify, RoomNewUserNotify,
+};
+use support::process::{BIN, ServerProcess};
+use support::redis::{RedisCluster, RedisServer, free_port, require};
+use support::{Client, PASSWORD, names};
+
+/// The presence expiry of the test instances: an instance that dies frees its users within it.
+const TTL_SECS: u64 = 2;
+
+/// Adds `users` (light hashes) to the accounts in Redis, through the binary.
+fn add_users(urls: &[String], users: &[&str]) {
+    for user in users {
+        let mut command = Command::new(BIN);
+        command.args(["users", "add", user, "--hash-cost", "light"]);
+        for url in urls {
+            command.args(["--redis", url]);
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "users add {user}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+/// A chat instance on the Redis at `urls`.
+fn instance(urls: &[String], extra: &[&str]) -> ServerProcess {
+    let ttl = TTL_SECS.to_string();
+    let mut args = vec![
+        "chat",
+        "--engine",
+        "redis",
+        "--addr",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--presence-ttl",
+        &ttl,
+    ];
+    for url in urls {
+        args.extend(["--redis", url.as_str()]);
+    }
+    args.extend(extra);
+    ServerProcess::start(&args)
+}
+
+/// What a member saw, in order: `+user` (entered), `-id` (left), `user: message` (chat).
+fn event(packet: &Packet) -> Option<String> {
+    match packet {
+        Packet::RoomNewUserNotify(RoomNewUserNotify { user }) => Some(format!("+{}", user.user_id)),
+        Packet::RoomLeaveUserNotify(RoomLeaveUserNotify { unique_id }) => {
+            Some(format!("-{unique_id}"))
+        }
+        Packet::RoomChatNotify(n @ RoomChatNotify { user_id, .. }) => {
+            Some(format!("{user_id}: {}", n.message_text()))
+        }
+        Packet::RoomChatResponse(r) => {
+            assert_eq!(r.result, ResultCode::NONE);
+            None
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Reads `client`'s room events until `last` has come; returns them all.
+fn events_until(client: &mut Client, last: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let packet = client.recv();
+        if let Some(e) = event(&packet) {
+            let done = e == last;
+            seen.push(e);
+            if done {
+                return seen;
+            }
+        }
+    }
+}
+
+/// Reads `client`'s room events until `n` have come.
+fn events_count(client: &mut Client, n: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    while seen.len() < n {
+        if let Some(e) = event(&client.recv()) {
+            seen.push(e);
+        }
+    }
+    seen
+}
+
+/// Waits until `f` holds, for at most `limit`.
+fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+/// Users on `addrs` (user i on `addrs[i % n]`) log in, enter room 0 one after the other, then
+/// each says three things at once; every member must see every entry after its own, and every
+/// chat, in one order.
+fn meet_and_chat(addrs: &[SocketAddr], users: &[&str]) -> Vec<Client> {
+    let mut clients: Vec<Client> = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let mut c = Client::login_as(addrs[i % addrs.len()], user);
+        let (response, members) = c.enter(0);
+        assert_eq!(response.result, ResultCode::NONE, "{user} enters");
+        assert_eq!(names(&members), users[..=i], "{user}'s member list");
+        for earlier in &mut clients {
+            assert_eq!(
+                events_until(earlier, &format!("+{user}")),
+                [format!("+{user}")]
+            );
+        }
+        clients.push(c);
+    }
+    for round in 0..3 {
+        for c in &mut clients {
+            c.say(&format!("{} says {round}", c.name));
+        }
+    }
+    let seen: Vec<Vec<String>> = clients
+        .iter_mut()
+        .map(|c| events_count(c, users.len() * 3))
+        .collect();
+    assert_eq!(seen[0].len(), users.len() * 3, "{:?}", seen[0]);
+    for (c, s) in clients.iter().zip(&seen) {
+        assert_eq!(s, &seen[0], "{} saw another order", c.name);
+    }
+    clients
+}
+
+#[test]
+fn two_instances_on_one_redis_share_logins_and_rooms() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let urls = vec![redis.url()];
+    let users: Vec<String> = (0..11).map(|i| format!("user{i:02}")).collect();
+    let users: Vec<&str> = users.iter().map(String::as_str).collect();
+    add_users(&urls, &users);
+    let a = instance(&urls, &[]);
+    let b = instance(&urls, &[]);
+    let addrs = [a.addr, b.addr];
+
+    // Ten members spread over both instances meet, chat, see one order.
+    let mut clients = meet_and_chat(&addrs, &users[..10]);
+
+    // Capacity holds across instances: the 11th is refused, on either.
+    for addr in addrs {
+        let mut late = Client::login_as(addr, users[10]);
+        assert_eq!(late.enter(0).0.result, ResultCode::ENTER_ROOM_FULL_USER);
+        drop(late);
+        // Its presence is given back when it disconnects: it can log in elsewhere.
+        within(Duration::from_secs(5), "the presence is released", || {
+            let mut again = Client::connect(addr);
+            again.login(users[10], PASSWORD) == ResultCode::NONE
+        });
+    }
+
+    // A user logged in on one instance is refused on the other.
+    let mut dup = Client::connect(b.addr);
+    assert_eq!(
+        dup.login(users[0], PASSWORD),
+        ResultCode::LOGIN_USER_ALREADY
+    );
+    // ... and still replaces its own session on the same instance.
+    let old = clients.remove(0);
+    let old_id = format!("-{}", old.unique_id.expect("its id"));
+    let mut again = Client::login_as(a.addr, users[0]);
+    drop(old);
+    // Everyone else sees user00 leave (its replaced session left the room).
+    for c in &mut clients {
+        assert_eq!(events_until(c, &old_id), [old_id.clone()], "{}", c.name);
+    }
+    assert_eq!(again.enter(0).0.result, ResultCode::NONE);
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn killed_instance_frees_its_users_and_the_others_are_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let urls = vec![redis.url()];
+    add_users(&urls, &["alice", "bob"]);
+    let a = instance(&urls, &[]);
+    let mut b = instance(&urls, &[]);
+    let mut alice = Client::login_as(a.addr, "alice");
+    assert_eq!(alice.enter(0).0.result, ResultCode::NONE);
+    let mut bob = Client::login_as(b.addr, "bob");
+    let (_, members) = bob.enter(0);
+    assert_eq!(names(&members), ["alice", "bob"]);
+    let bob_id = bob.unique_id.unwrap();
+    assert_eq!(events_until(&mut alice, "+bob"), ["+bob"]);
+
+    b.child.kill().unwrap();
+    let killed = Instant::now();
+    let _ = b.child.wait();
+    let seen = events_until(&mut alice, &format!("-{bob_id}"));
+    let told = killed.elapsed();
+    assert_eq!(seen, [format!("-{bob_id}")]);
+    assert!(
+        told < Duration::from_secs(TTL_SECS * 2 + 2),
+        "alice learned of bob's end after {told:?}"
+    );
+    // bob may log in again on the surviving instance once his presence expired.
+    let freed = within(
+        Duration::from_secs(TTL_SECS * 2 + 2),
+        "bob's presence expires",
+        || {
+            let mut c = Client::connect(a.addr);
+            c.login("bob", PASSWORD) == ResultCode::NONE
+        },
+    );
+    eprintln!(
+        "kill -9: members told after {told:?}; bob could log in again {:?} after the kill",
+        killed.elapsed().min(told + freed)
+    );
+    a.stop();
+}
+
+#[test]
+fn a_redis_restart_loses_no_session_and_service_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start(dir.path());
+    let urls = vec![redis.url()];
+    add_users(&urls, &["alice", "bob", "carol", "dave"]);
+    let mut a = instance(&urls, &[]);
+    let mut b = instance(&urls, &[]);
+    let mut alice = Client::login_as(a.addr, "alice");
+    assert_eq!(alice.enter(0).0.result, ResultCode::NONE);
+    let mut carol = Client::login_as(a.addr, "carol");
+    assert_eq!(carol.enter(0).0.result, ResultCode::NONE);
+    assert_eq!(events_until(&mut alice, "+carol"), ["+carol"]);
+    let mut bob = Client::login_as(b.addr, "bob");
+    assert_eq!(bob.enter(0).0.result, ResultCode::NONE);
+    assert_eq!(events_until(&mut alice, "+bob"), ["+bob"]);
+    assert_eq!(events_until(&mut carol, "+bob"), ["+bob"]);
+
+    redis.kill();
+    let down = Instant::now();
+    // Logins answer busy at once; local members keep chatting among themselves.
+    within(Duration::from_secs(5), "a login is answered busy", || {
+        let mut c = Client::connect(a.addr);
+        let started = Instant::now();
+        let result = c.login("dave", PASSWORD);
+        assert!(started.elapsed() < Duration::from_secs(3), "a login waited");
+        result == ResultCode::LOGIN_SERVER_BUSY
+    });
+    alice.say("only here");
+    assert_eq!(
+        events_until(&mut carol, "alice: only here"),
+        ["alice: only here"]
+    );
+    assert_eq!(
+        events_until(&mut alice, "alice: only here"),
+        ["alice: only here"]
+    );
+    // Leaving is a room change too: answered busy (the member stays in the room).
+    assert_eq!(carol.leave(), ResultCode::LOGIN_SERVER_BUSY);
+
+    redis.restart();
+    let up = Instant::now();
+    eprintln!("Redis was away for {:?}", up - down);
+    // Service resumes: a new login works, and the three members chat across instances again.
+    let mut dave = None;
+    let resumed = within(Duration::from_secs(10), "a login succeeds again", || {
+        let mut c = Client::connect(b.addr);
+        c.name = "dave".into();
+        let ok = c.login("dave", PASSWORD) == ResultCode::NONE;
+        dave = ok.then_some(c);
+        ok
+    });
+    let mut attempt = 0;
+    within(
+        Duration::from_secs(10),
+        "chat crosses instances again",
+        || {
+            attempt += 1;
+            bob.say(&format!("back {attempt}"));
+            let want = format!("bob: back {attempt}");
+            while let Some(packet) = alice.try_recv(Duration::from_millis(300)) {
+                if event(&packet).as_deref() == Some(want.as_str()) {
+                    return true;
+                }
+            }
+            false
+        },
+    );
+    // Carol, on alice's instance, sees the same.
+    let want = format!("bob: back {attempt}");
+    events_until(&mut carol, &want);
+    eprintln!("Redis restart: logins again {resumed:?} after it was back");
+    // Both instances registered their members anew: a newcomer finds all three in the room.
+    a.wait_for("Redis: service resumed");
+    b.wait_for("Redis: service resumed");
+    let mut dave = dave.unwrap();
+    let (response, members) = dave.enter(0);
+    assert_eq!(response.result, ResultCode::NONE);
+    let mut found = names(&members);
+    found.sort_unstable();
+    assert_eq!(found, ["alice", "bob", "carol", "dave"]);
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn three_instances_on_a_three_master_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = RedisCluster::start(dir.path());
+    let urls = cluster.urls();
+    let users: Vec<String> = (0..11).map(|i| format!("member{i:02}")).collect();
+    let users: Vec<&str> = users.iter().map(String::as_str).collect();
+    add_users(&urls, &users);
+    let instances: Vec<ServerProcess> = (0..3).map(|_| instance(&urls, &[])).collect();
+    let addrs: Vec<SocketAddr> = instances.iter().map(|i| i.addr).collect();
+    let _clients = meet_and_chat(&addrs, &users[..10]);
+    let mut late = Client::login_as(addrs[1], users[10]);
+    assert_eq!(late.enter(0).0.result, ResultCode::ENTER_ROOM_FULL_USER);
+    let mut dup = Client::connect(addrs[2]);
+    assert_eq!(
+        dup.login(users[0], PASSWORD),
+        ResultCode::LOGIN_USER_ALREADY
+    );
+    for i in instances {
+        i.stop();
+    }
+}
+
+#[test]
+fn two_instances_behind_haproxy() {
+    require("haproxy", "haproxy");
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let urls = vec![redis.url()];
+    let users: Vec<String> = (0..6).map(|i| format!("guest{i}")).collect();
+    let users: Vec<&str> = users.iter().map(String::as_str).collect();
+    add_users(&urls, &users);
+    let a = instance(&urls, &[]);
+    let b = instance(&urls, &[]);
+    let front = free_port();
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/haproxy.cfg");
+    let mut haproxy = Command::new("haproxy")
+        .args(["-f", config, "-db"])
+        .env("IOCP_FRONT", format!("127.0.0.1:{front}"))
+        .env("IOCP_CHAT_1", a.addr.to_string())
+        .env("IOCP_CHAT_2", b.addr.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start haproxy");
+    let addr: SocketAddr = ([127, 0, 0, 1], front).into();
+    within(Duration::from_secs(10), "haproxy listens", || {
+        std::net::TcpStream::connect(addr).is_ok()
+    });
+    let _clients = meet_and_chat(&[addr], &users);
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
+    a.stop();
+    b.stop();
+}
