@@ -193,7 +193,12 @@ fn two_instances_on_one_redis_share_logins_and_rooms() {
     drop(old);
     // Everyone else sees user00 leave (its replaced session left the room).
     for c in &mut clients {
-        assert_eq!(events_until(c, &old_id), [old_id.clone()], "{}", c.name);
+        assert_eq!(
+            events_until(c, &old_id),
+            std::slice::from_ref(&old_id),
+            "{}",
+            c.name
+        );
     }
     assert_eq!(again.enter(0).0.result, ResultCode::NONE);
     a.stop();
