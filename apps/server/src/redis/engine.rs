@@ -526,12 +526,16 @@ impl Task {
             .collect();
         let mut unreachable = HashSet::new();
         if !new_rooms.is_empty() {
-            let channels: Vec<String> = new_rooms.iter().map(|&r| channel(r)).collect();
-            match self.redis.subscriber.ssubscribe(channels).await {
-                Ok(()) => self.subscribed.extend(new_rooms),
-                Err(e) => {
-                    self.down(&format!("subscribing: {e}"));
-                    unreachable.extend(new_rooms);
+            let results = self.subscribe(&new_rooms).await;
+            for (room, result) in new_rooms.into_iter().zip(results) {
+                match result {
+                    Ok(()) => {
+                        self.subscribed.insert(room);
+                    }
+                    Err(e) => {
+                        self.down(&format!("subscribing: {e}"));
+                        unreachable.insert(room);
+                    }
                 }
             }
         }
@@ -726,6 +730,14 @@ impl Task {
         }
     }
 
+    /// Subscribes to the channels of `rooms`, one call each (in a cluster, the channels of
+    /// one `SSUBSCRIBE` must share a slot), all at once.
+    async fn subscribe(&self, rooms: &[u32]) -> Vec<Result<(), Error>> {
+        let subscriber = &self.redis.subscriber;
+        futures_util::future::join_all(rooms.iter().map(|&r| subscriber.ssubscribe(channel(r))))
+            .await
+    }
+
     /// Leaves the channels of the rooms where this instance has no member any more.
     async fn unsubscribe_idle(&mut self) {
         let idle: Vec<u32> = self
@@ -740,12 +752,16 @@ impl Task {
         if idle.is_empty() {
             return;
         }
-        let channels: Vec<String> = idle.iter().map(|&r| channel(r)).collect();
         for room in &idle {
             self.subscribed.remove(room);
         }
-        if let Err(e) = self.redis.subscriber.sunsubscribe(channels).await {
-            tracing::debug!("Redis: leaving idle room channels: {e}");
+        // One channel a call: in a cluster, the channels of one call must share a slot.
+        let subscriber = &self.redis.subscriber;
+        let leaves = idle.iter().map(|&r| subscriber.sunsubscribe(channel(r)));
+        for result in futures_util::future::join_all(leaves).await {
+            if let Err(e) = result {
+                tracing::debug!("Redis: leaving an idle room's channel: {e}");
+            }
         }
     }
 
@@ -758,8 +774,13 @@ impl Task {
         if resync && !self.subscribed.is_empty() {
             // A new connection has no subscriptions: the rooms' channels are taken again
             // before their numbers are read.
-            let channels: Vec<String> = self.subscribed.iter().map(|&r| channel(r)).collect();
-            if let Err(e) = self.redis.subscriber.ssubscribe(channels).await {
+            let rooms: Vec<u32> = self.subscribed.iter().copied().collect();
+            if let Some(Err(e)) = self
+                .subscribe(&rooms)
+                .await
+                .into_iter()
+                .find(Result::is_err)
+            {
                 self.down(&format!("subscribing again: {e}"));
                 return outputs;
             }

@@ -50,6 +50,16 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A free port for a cluster node, whose bus listens on port + 10,000: both free, and valid.
+fn cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// One `redis-server` process.
 pub struct RedisServer {
     child: Option<Child>,
@@ -228,7 +238,7 @@ impl RedisCluster {
     pub fn start(dir: &Path) -> RedisCluster {
         require("redis-cli", "redis-tools");
         let nodes: Vec<RedisServer> = (0..3)
-            .map(|i| RedisServer::start_on(&dir.join(format!("node{i}")), free_port(), true))
+            .map(|i| RedisServer::start_on(&dir.join(format!("node{i}")), cluster_port(), true))
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
