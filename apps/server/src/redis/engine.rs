@@ -437,6 +437,13 @@ async fn forward(
 }
 
 impl Task {
+    /// How long a room membership lives past its last refresh: two thirds of the TTL. The
+    /// instance refreshes every third (one refresh may be missed), and the survivors sync every
+    /// third too, so a dead instance's members are reaped, and their rooms told, within the TTL.
+    fn member_window_ms(&self) -> u64 {
+        (self.ttl_ms * 2 / 3).max(1)
+    }
+
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let period = Duration::from_millis((self.ttl_ms / 3).max(50));
         let mut refresh = tokio::time::interval(period);
@@ -571,7 +578,7 @@ impl Task {
                             member_id.to_string().into(),
                             self.instance.clone().into(),
                             user_id.to_string().into(),
-                            (self.ttl_ms as i64).into(),
+                            (self.member_window_ms() as i64).into(),
                         ],
                     )
                 }
@@ -801,8 +808,10 @@ impl Task {
             by_room[*room as usize].push(user_id.to_string().into());
         }
         let syncs = by_room.into_iter().enumerate().map(|(room, mine)| {
-            let mut args: Vec<Value> =
-                vec![self.instance.clone().into(), (self.ttl_ms as i64).into()];
+            let mut args: Vec<Value> = vec![
+                self.instance.clone().into(),
+                (self.member_window_ms() as i64).into(),
+            ];
             args.extend(mine);
             run(
                 &client,

@@ -104,7 +104,9 @@ impl Redis {
         wait: Duration,
         must_connect: bool,
     ) -> Result<Arc<Redis>, String> {
-        let fred_config = config.fred_config()?;
+        let mut fred_config = config.fred_config()?;
+        // The first connection is retried like any other (an instance may start before Redis).
+        fred_config.fail_fast = false;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("redis")
@@ -132,29 +134,29 @@ impl Redis {
         let subscriber = builder
             .build_subscriber_client()
             .map_err(|e| format!("Redis subscriber: {e}"))?;
+        // The connection tasks reconnect by themselves; this waits for both to be up (by
+        // looking: a wait for the "connected" notification could miss one that came first).
         let connected = runtime.block_on(async {
             client.connect();
             subscriber.connect();
-            tokio::time::timeout(wait, async {
-                client.wait_for_connect().await?;
-                subscriber.wait_for_connect().await
-            })
-            .await
-        });
-        match connected {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) if must_connect => return Err(format!("Redis: {e}")),
-            Err(_) if must_connect => {
-                return Err(format!(
-                    "Redis at {} not reachable within {wait:?}",
-                    config.urls.join(", ")
-                ));
+            let deadline = tokio::time::Instant::now() + wait;
+            while !(client.is_connected() && subscriber.is_connected()) {
+                if tokio::time::Instant::now() >= deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            Ok(Err(e)) => tracing::warn!("Redis: {e}: retrying in the background"),
-            Err(_) => tracing::warn!(
-                "Redis at {} not reachable within {wait:?}: retrying in the background",
+            true
+        });
+        if !connected {
+            let why = format!(
+                "Redis at {} not reachable within {wait:?}",
                 config.urls.join(", ")
-            ),
+            );
+            if must_connect {
+                return Err(why);
+            }
+            tracing::warn!("{why}: retrying in the background");
         }
         Ok(Arc::new(Redis {
             runtime,

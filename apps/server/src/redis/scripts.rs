@@ -29,7 +29,7 @@ local function reap(now)
 end
 "#;
 
-/// Enter: `ARGV` capacity, member id, instance, user id, ttl (ms). Returns `{-1}` if the room
+/// Enter: `ARGV` capacity, member id, instance, user id, membership window (ms). Returns `{-1}` if the room
 /// is full, else `{seq, id1, value1, id2, value2, ...}`: the newcomer's `Joined` number and
 /// every member (`entry-seq instance user-id`).
 pub(super) fn enter() -> String {
@@ -79,7 +79,7 @@ return publish('C ' .. ARGV[1] .. ' ' .. ARGV[2])
 }
 
 /// Sync an instance's members of a room, every refresh and after a reconnect: `ARGV`
-/// instance, ttl (ms), then member id, user id pairs (this instance's members now). Reaps the
+/// instance, membership window (ms), then member id, user id pairs (this instance's members now). Reaps the
 /// dead; removes this instance's members that are not in the list (they left while Redis was
 /// away); adds those missing (Redis lost them, or reaped them while this instance was cut
 /// off); pushes every listed member's deadline on. Returns the room's last event number.

@@ -75,7 +75,8 @@ impl RedisServer {
         RedisServer::start_on(dir, free_port(), false)
     }
 
-    fn start_on(dir: &Path, port: u16, cluster: bool) -> RedisServer {
+    /// A Redis on `port` (a cluster node with `cluster`).
+    pub fn start_on(dir: &Path, port: u16, cluster: bool) -> RedisServer {
         require("redis-server", "redis-server");
         std::fs::create_dir_all(dir).unwrap();
         let mut server = RedisServer {
