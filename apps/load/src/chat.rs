@@ -960,6 +960,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_order_hash_tells_orders_apart() {
+        let start = 0xcbf2_9ce4_8422_2325;
+        let ab = fold_order(fold_order(start, 1, 0), 2, 0);
+        let ba = fold_order(fold_order(start, 2, 0), 1, 0);
+        assert_ne!(ab, ba);
+        assert_eq!(ab, fold_order(fold_order(start, 1, 0), 2, 0));
+        assert_ne!(fold_order(start, 1, 1), fold_order(start, 1, 2));
+    }
+
+    #[test]
     fn message_text_roundtrips() {
         let text = message_text(12, 3_456_789, 64);
         assert_eq!(text.len(), 64);

@@ -83,7 +83,8 @@ impl RedisConfig {
 }
 
 /// A connection to Redis (or a Redis Cluster): a command client and a subscriber, driven by a
-/// tokio runtime of their own. Shared by the account store and the chat engine.
+/// tokio runtime of their own. Shared by the account store and the chat engine of one chat
+/// server (the engine owns the subscriber's channels: give each server its own connection).
 pub struct Redis {
     runtime: tokio::runtime::Runtime,
     client: Client,
