@@ -31,7 +31,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import procs  # noqa: E402
+from harness import doc, procs  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "target", "bench", "scaling-latest.json")
@@ -230,8 +230,8 @@ def main() -> int:
             print(f"{tool} is needed (apt-get install redis-server redis-tools)", file=sys.stderr)
             return 2
     bindir = procs.release_copies(ROOT, ("iocp-server", "iocp-load"), not a.no_build, "iocp-scaling-bin-")
-    results = {"started": dt.datetime.now().isoformat(timespec="seconds"), "commit": git_commit(),
-               "machine": machine(), "seconds": a.seconds, "rate": a.rate, "runs": []}
+    results = {"started": dt.datetime.now().isoformat(timespec="seconds"), "commit": doc.git_commit(ROOT),
+               "machine": doc.machine(), "seconds": a.seconds, "rate": a.rate, "runs": []}
     try:
         for rnd in range(a.rounds):
             for label, instances, engine in CELLS:
@@ -290,33 +290,7 @@ def write_doc(results: dict) -> None:
               "fans it out to its own. What Redis adds per notify is the script, the publish and the "
               "subscriber's delivery, shared by the room's 10 members.", "", END]
     block = "\n".join(lines)
-    doc = open(DOC).read()
-    if BEGIN in doc and END in doc:
-        head, rest = doc.split(BEGIN, 1)
-        doc = head + block + rest.split(END, 1)[1]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    with open(DOC, "w") as f:
-        f.write(doc)
-
-
-def machine() -> str:
-    import platform
-    cpu = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu}, {os.cpu_count()} cores, kernel {platform.release()}"
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (subprocess.SubprocessError, OSError):
-        return "?"
+    doc.put_section(DOC, BEGIN, END, block)
 
 
 if __name__ == "__main__":

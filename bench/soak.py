@@ -25,17 +25,15 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import procs  # noqa: E402
+from harness import doc, procs  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "target", "bench", "soak-latest.json")
@@ -72,10 +70,10 @@ def main() -> int:
     bindir = procs.release_copies(ROOT, ("iocp-server", "iocp-load"), not a.no_build, "iocp-soak-bin-")
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    results = {"started": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+    results = {"started": dt.datetime.now().isoformat(timespec="seconds"), "machine": doc.machine(),
                "settings": {k: getattr(a, k) for k in ("minutes", "connections", "rate", "pipeline", "size",
                                                        "size_max", "connect_rate")},
-               "commit": git_commit(), "runs": []}
+               "commit": doc.git_commit(ROOT), "runs": []}
     try:
         for combo in combos:
             r = run_combo(a, bindir, combo)
@@ -110,7 +108,7 @@ def run_combo(a, bindir: str, combo: str) -> dict:
     budget = seconds + connect_s + 60
     srv = procs.start_server(scmd, budget + 30, None, None)
     rec = {"combo": combo, "server_cmd": scmd, "time": dt.datetime.now().isoformat(timespec="seconds"),
-           "commit": git_commit()}
+           "commit": doc.git_commit(ROOT)}
     samples: list[tuple[float, int]] = []
     try:
         ccmd = [os.path.join(bindir, "iocp-load"), "echo", "--addr", srv.addr, "-c", str(a.connections),
@@ -215,36 +213,8 @@ def write_doc(results: dict) -> None:
               " ".join(os.path.basename(c) if i == 0 else c for i, c in enumerate(results["runs"][0]["client_cmd"])),
               "```", END]
     block = "\n".join(lines)
-    doc = open(DOC).read() if os.path.exists(DOC) else ""
-    if BEGIN in doc and END in doc:
-        head, rest = doc.split(BEGIN, 1)
-        doc = head + block + rest.split(END, 1)[1]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    with open(DOC, "w") as f:
-        f.write(doc)
+    doc.put_section(DOC, BEGIN, END, block)
     print(f"wrote the soak section of {os.path.relpath(DOC, ROOT)}")
-
-
-def machine() -> str:
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, kernel {platform.release()}"
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (subprocess.SubprocessError, OSError):
-        return "?"
 
 
 if __name__ == "__main__":

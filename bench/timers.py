@@ -20,13 +20,12 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import procs  # noqa: E402
+from harness import doc, procs  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "target", "bench", "timers-latest.json")
@@ -49,8 +48,8 @@ def main() -> int:
             write_doc(json.load(f))
         return 0
     bindir = procs.release_copies(ROOT, ("iocp-server", "iocp-load"), not a.no_build, "iocp-timers-bin-")
-    results = {"started": dt.datetime.now().isoformat(timespec="seconds"), "commit": git_commit(),
-               "machine": machine(), "seconds": a.seconds, "runs": []}
+    results = {"started": dt.datetime.now().isoformat(timespec="seconds"), "commit": doc.git_commit(ROOT),
+               "machine": doc.machine(), "seconds": a.seconds, "runs": []}
     try:
         for rnd in range(a.rounds):
             for label, extra in VARIANTS:
@@ -128,33 +127,7 @@ def write_doc(results: dict) -> None:
               "difference. (Per message the timers add one store of the turn's clock; per turn, one clock "
               "read and a look at the heap's top.)", "", END]
     block = "\n".join(lines)
-    doc = open(DOC).read()
-    if BEGIN in doc and END in doc:
-        head, rest = doc.split(BEGIN, 1)
-        doc = head + block + rest.split(END, 1)[1]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    with open(DOC, "w") as f:
-        f.write(doc)
-
-
-def machine() -> str:
-    import platform
-    cpu = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu}, {os.cpu_count()} cores, kernel {platform.release()}"
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (subprocess.SubprocessError, OSError):
-        return "?"
+    doc.put_section(DOC, BEGIN, END, block)
 
 
 if __name__ == "__main__":
