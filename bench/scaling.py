@@ -158,8 +158,9 @@ def add_accounts(server: str, urls: list[str]) -> None:
         subprocess.run([*cli, "HSET", "iocp:accounts", *pairs], check=True, stdout=subprocess.DEVNULL)
 
 
-def cell(bindir: str, label: str, instances: int, engine: str | None, seconds: float, rate: float) -> dict:
-    server = os.path.join(bindir, "iocp-server")
+def cell(bindir: str, label: str, instances: int, engine: str | None, seconds: float, rate: float,
+         server: str | None = None) -> dict:
+    server = server or os.path.join(bindir, "iocp-server")
     load = os.path.join(bindir, "iocp-load")
     redis = Redis(engine) if engine else None
     tmp = tempfile.mkdtemp(prefix="iocp-scaling-")
@@ -220,11 +221,22 @@ def main() -> int:
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--no-doc", action="store_true")
     p.add_argument("--report", action="store_true", help="only rewrite the doc from the saved results")
+    p.add_argument("--baseline", metavar="SERVER",
+                   help="another iocp-server binary (e.g. an older commit's) for an extra memory-engine cell, "
+                        "to compare the two builds in the same run; results only, no doc")
+    p.add_argument("--memory-only", action="store_true", help="only the memory-engine cells (no Redis needed)")
     a = p.parse_args()
     if a.report:
         with open(RESULTS) as f:
             write_doc(json.load(f))
         return 0
+    cells = [(label, n, engine, None) for label, n, engine in CELLS]
+    if a.memory_only:
+        cells = [c for c in cells if c[2] is None]
+        a.no_doc = True
+    if a.baseline:
+        cells.insert(1, ("1 instance, memory engine, baseline binary", 1, None, os.path.abspath(a.baseline)))
+        a.no_doc = True
     for tool in ("redis-server", "redis-cli"):
         if not shutil.which(tool):
             print(f"{tool} is needed (apt-get install redis-server redis-tools)", file=sys.stderr)
@@ -234,8 +246,8 @@ def main() -> int:
                "machine": doc.machine(), "seconds": a.seconds, "rate": a.rate, "runs": []}
     try:
         for rnd in range(a.rounds):
-            for label, instances, engine in CELLS:
-                r = cell(bindir, label, instances, engine, a.seconds, a.rate)
+            for label, instances, engine, server in cells:
+                r = cell(bindir, label, instances, engine, a.seconds, a.rate, server)
                 r["round"] = rnd
                 results["runs"].append(r)
                 redis_cost = f", Redis {r['redis_us_per_notify']:.2f} µs/notify" if r["redis_us_per_notify"] else ""
