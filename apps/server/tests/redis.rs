@@ -399,11 +399,11 @@ fn two_instances_behind_haproxy() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(dir.path());
     let urls = vec![redis.url()];
-    let users: Vec<String> = (0..6).map(|i| format!("guest{i}")).collect();
+    let users: Vec<String> = (0..11).map(|i| format!("guest{i:02}")).collect();
     let users: Vec<&str> = users.iter().map(String::as_str).collect();
     add_users(&urls, &users);
     let a = instance(&urls, &[]);
-    let b = instance(&urls, &[]);
+    let mut b = instance(&urls, &[]);
     let front = free_port();
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/haproxy.cfg");
     let mut haproxy = Command::new("haproxy")
@@ -420,9 +420,79 @@ fn two_instances_behind_haproxy() {
     within(Duration::from_secs(10), "haproxy listens", || {
         std::net::TcpStream::connect(addr).is_ok()
     });
-    let _clients = meet_and_chat(&[addr], &users);
+    let mut clients = meet_and_chat(&[addr], &users[..10]);
+    // Capacity holds whichever instance the balancer picks.
+    let mut late = Client::login_as(addr, users[10]);
+    assert_eq!(late.enter(0).0.result, ResultCode::ENTER_ROOM_FULL_USER);
+    drop(late);
+
+    // One instance dies: its players are cut off, the others are told within the TTL, and the
+    // cut-off players come back through the balancer (to the survivor) once their logins expire.
+    b.child.kill().unwrap();
+    let killed = Instant::now();
+    let _ = b.child.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    let (lost, kept): (Vec<Client>, Vec<Client>) = clients.drain(..).partition(is_closed);
+    assert!(
+        !lost.is_empty() && !kept.is_empty(),
+        "leastconn spread the players"
+    );
+    for mut c in kept {
+        let gone: Vec<String> = lost
+            .iter()
+            .map(|l| format!("-{}", l.unique_id.unwrap()))
+            .collect();
+        let mut seen = Vec::new();
+        while seen.len() < gone.len() {
+            seen.extend(event(&c.recv()));
+        }
+        seen.sort();
+        let mut want = gone.clone();
+        want.sort();
+        assert_eq!(seen, want, "{} was told of every lost player", c.name);
+    }
+    let told = killed.elapsed();
+    assert!(
+        told < Duration::from_millis(TTL_SECS * 1000 + 500),
+        "{told:?}"
+    );
+    for l in &lost {
+        within(
+            Duration::from_secs(TTL_SECS + 5),
+            "a lost player is back",
+            || {
+                let mut c = Client::connect(addr);
+                c.name = l.name.clone();
+                if c.login(&l.name, PASSWORD) != ResultCode::NONE {
+                    return false;
+                }
+                assert_eq!(c.enter(0).0.result, ResultCode::NONE);
+                true
+            },
+        );
+    }
+    eprintln!(
+        "behind HAProxy: {} of 10 players lost with their instance; the others told after {told:?}; \
+         all back {:?} after the kill",
+        lost.len(),
+        killed.elapsed()
+    );
     let _ = haproxy.kill();
     let _ = haproxy.wait();
     a.stop();
-    b.stop();
+}
+
+/// Whether the server closed `client`'s connection (end of stream or reset), looking without
+/// waiting long.
+fn is_closed(client: &Client) -> bool {
+    let mut byte = [0u8; 1];
+    client
+        .stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    match client.stream.peek(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
 }
