@@ -28,6 +28,11 @@
 //!
 //! The OS layer and its contract are in `src/sys/mod.rs`.
 
+// The tests beside each backend share the integration tests' support module, which names the
+// crate.
+#[cfg(test)]
+extern crate self as iocp_driver;
+
 mod affinity;
 mod config;
 mod driver;
