@@ -32,18 +32,96 @@ const _: () = assert!(size_of::<Entry>() == 16);
 /// Where the tail lives: over the first entry's `resv` field.
 const TAIL_OFFSET: usize = 14;
 
-/// The descriptors and the buffers of a provided-buffer ring, in one page-aligned allocation:
-/// `count` descriptors, then (from the next page) `count` buffers of `size` bytes.
+/// Buffers the kernel writes into: `count` buffers of `size` bytes in one zeroed, page-aligned
+/// heap block, after `header` bytes (a multiple of the page size) for whatever goes with them.
+///
+/// The block is reached only through raw pointers; [`Buffers::filled`] lends one buffer that the
+/// kernel is not writing.
+pub(super) struct Buffers {
+    base: NonNull<u8>,
+    layout: Layout,
+    header: usize,
+    count: usize,
+    size: usize,
+}
+
+impl Buffers {
+    pub(super) fn new(header: usize, count: usize, size: usize) -> io::Result<Buffers> {
+        debug_assert_eq!(header % PAGE, 0);
+        let too_big = || io::Error::new(io::ErrorKind::InvalidInput, "receive buffers too large");
+        let total = count
+            .checked_mul(size)
+            .and_then(|n| n.checked_add(header))
+            .ok_or_else(too_big)?
+            .max(1);
+        let layout = Layout::from_size_align(total, PAGE).map_err(|_| too_big())?;
+        // SAFETY: the layout's size is not zero.
+        let base = unsafe { alloc_zeroed(layout) };
+        let base = NonNull::new(base).unwrap_or_else(|| handle_alloc_error(layout));
+        Ok(Buffers {
+            base,
+            layout,
+            header,
+            count,
+            size,
+        })
+    }
+
+    /// The first byte of the block (the header).
+    fn base(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
+    /// The first byte of buffer `i`: where the kernel writes.
+    pub(super) fn ptr(&self, i: usize) -> *mut u8 {
+        assert!(i < self.count, "buffer index out of range");
+        // Inside the block: `header + i * size < header + count * size`.
+        self.base().wrapping_add(self.header + i * self.size)
+    }
+
+    /// The size of one buffer.
+    pub(super) fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The first `len` bytes of buffer `i`, as the kernel wrote them.
+    ///
+    /// # Safety
+    ///
+    /// The kernel must not be writing into buffer `i`: no operation that may write into it is
+    /// outstanding (for a provided buffer: the kernel handed it back with a completion, and it
+    /// has not been given back since; [`BufRing::push`] takes `&mut self`, so it cannot be while
+    /// the slice lives).
+    pub(super) unsafe fn filled(&self, i: usize, len: usize) -> &[u8] {
+        assert!(len <= self.size, "longer than a buffer");
+        // SAFETY: `len` bytes inside buffer `i` (`ptr` checks `i`), inside the block, which lives
+        // as long as `self`; nothing writes them while the slice lives (the caller's promise).
+        unsafe { std::slice::from_raw_parts(self.ptr(i), len) }
+    }
+
+    /// Keeps the memory alive for ever: the kernel may still write into it.
+    pub(super) fn leak(self) {
+        let _ = ManuallyDrop::new(self);
+    }
+}
+
+impl Drop for Buffers {
+    fn drop(&mut self) {
+        // SAFETY: `base` was allocated in `new` with `layout` and is freed only here, once. The
+        // owner drops the buffers only when the kernel can no longer write into them (`Ring`:
+        // after its io_uring; one-shot buffers: with no receive outstanding), else it leaks them.
+        unsafe { dealloc(self.base.as_ptr(), self.layout) };
+    }
+}
+
+/// A provided-buffer ring: `count` descriptors (the ring the kernel picks buffers from), then,
+/// from the next page, the `count` buffers they describe, in one [`Buffers`] block.
 ///
 /// The memory must outlive every receive that may pick a buffer: a [`Ring`] owns it and frees
 /// it only after its io_uring is gone, or leaks it.
 pub(super) struct BufRing {
-    base: NonNull<u8>,
-    layout: Layout,
-    /// Offset of the first buffer from `base`.
-    bufs: usize,
+    mem: Buffers,
     count: u16,
-    size: u32,
     /// Our copy of the tail; published to the kernel by [`BufRing::publish`].
     tail: u16,
     pub(super) group: u16,
@@ -57,22 +135,10 @@ impl BufRing {
             count.is_power_of_two(),
             "buffer count must be a power of two"
         );
-        let too_big = || io::Error::new(io::ErrorKind::InvalidInput, "buffer ring too large");
-        let bufs = (usize::from(count) * size_of::<Entry>()).next_multiple_of(PAGE);
-        let total = usize::from(count)
-            .checked_mul(size as usize)
-            .and_then(|n| n.checked_add(bufs))
-            .ok_or_else(too_big)?;
-        let layout = Layout::from_size_align(total, PAGE).map_err(|_| too_big())?;
-        // SAFETY: the layout's size is not zero (at least one page of descriptors).
-        let base = unsafe { alloc_zeroed(layout) };
-        let base = NonNull::new(base).unwrap_or_else(|| handle_alloc_error(layout));
+        let header = (usize::from(count) * size_of::<Entry>()).next_multiple_of(PAGE);
         let mut ring = BufRing {
-            base,
-            layout,
-            bufs,
+            mem: Buffers::new(header, usize::from(count), size as usize)?,
             count,
-            size,
             tail: 0,
             group,
         };
@@ -84,46 +150,28 @@ impl BufRing {
 
     /// The address of the descriptors, for `IORING_REGISTER_PBUF_RING`.
     fn entries(&self) -> *mut Entry {
-        self.base.as_ptr().cast()
+        self.mem.base().cast()
     }
 
-    /// The first byte of buffer `bid`.
-    fn buffer(&self, bid: u16) -> *mut u8 {
-        assert!(bid < self.count, "buffer id out of range");
-        // The offset is inside the allocation: `bufs + bid * size < bufs + count * size`.
-        self.base
-            .as_ptr()
-            .wrapping_add(self.bufs + usize::from(bid) * self.size as usize)
-    }
-
-    /// The `len` bytes the kernel received into buffer `bid`.
-    ///
-    /// # Safety
-    ///
-    /// The kernel must have handed buffer `bid` back (a completion named it) and the buffer must
-    /// not have been given back to it since ([`BufRing::push`] takes `&mut self`, so it cannot be
-    /// while the slice lives); `len` is at most the buffer's size.
-    pub(super) unsafe fn data(&self, bid: u16, len: usize) -> &[u8] {
-        assert!(len <= self.size as usize, "longer than a buffer");
-        // SAFETY: the buffer is inside the allocation (`buffer` checks `bid`) and `len` fits in
-        // it; the kernel does not write into it until it is pushed again (the caller's promise),
-        // which needs `&mut self`, so nothing writes it while the slice lives.
-        unsafe { std::slice::from_raw_parts(self.buffer(bid), len) }
+    /// The buffers (buffer `bid` is the one descriptor `bid` names).
+    pub(super) fn buffers(&self) -> &Buffers {
+        &self.mem
     }
 
     /// Gives buffer `bid` back to the kernel (visible after [`BufRing::publish`]).
     pub(super) fn push(&mut self, bid: u16) {
-        let addr = self.buffer(bid) as u64;
+        let addr = self.mem.ptr(usize::from(bid)) as u64;
+        let len = self.mem.size() as u32;
         let index = usize::from(self.tail & (self.count - 1));
         let entry = self.entries().wrapping_add(index);
         // SAFETY:
-        // - `index < count`, so the entry is inside the descriptor pages of the allocation;
+        // - `index < count`, so the entry is inside the descriptor pages of the block;
         // - the kernel reads no entry between the published tail and ours, so nothing else
         //   touches the fields written here; they are written through the raw pointer, field by
         //   field, leaving `resv` alone (the first entry's is the tail, which the kernel reads).
         unsafe {
             ptr::addr_of_mut!((*entry).addr).write(addr);
-            ptr::addr_of_mut!((*entry).len).write(self.size);
+            ptr::addr_of_mut!((*entry).len).write(len);
             ptr::addr_of_mut!((*entry).bid).write(bid);
         }
         self.tail = self.tail.wrapping_add(1);
@@ -131,24 +179,16 @@ impl BufRing {
 
     /// Publishes the buffers pushed since the last call.
     pub(super) fn publish(&self) {
-        let tail = self.base.as_ptr().wrapping_add(TAIL_OFFSET).cast::<u16>();
-        // SAFETY: the tail is the first entry's `resv` field, inside the allocation and aligned
-        // for a `u16` (offset 14 of a page-aligned block); the kernel only reads it, atomically,
-        // and the release store orders the entry writes before it.
+        let tail = self.mem.base().wrapping_add(TAIL_OFFSET).cast::<u16>();
+        // SAFETY: the tail is the first entry's `resv` field, inside the block and aligned for a
+        // `u16` (offset 14 of a page-aligned block); the kernel only reads it, atomically, and
+        // the release store orders the entry writes before it.
         unsafe { AtomicU16::from_ptr(tail) }.store(self.tail, Ordering::Release);
     }
 
     /// Keeps the memory alive for ever: a receive may still pick a buffer.
     fn leak(self) {
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for BufRing {
-    fn drop(&mut self) {
-        // SAFETY: `base` was allocated in `new` with `layout` and is freed only here, once. A
-        // `BufRing` registered with a ring is dropped only by its `Ring`, after the io_uring.
-        unsafe { dealloc(self.base.as_ptr(), self.layout) };
+        self.mem.leak();
     }
 }
 
@@ -233,97 +273,48 @@ impl Drop for Ring {
     }
 }
 
-/// The buffer of a one-shot receive: a heap block the kernel writes into while the receive is
-/// outstanding, reached only through its raw pointer meanwhile.
-pub(super) struct RawBuf {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl RawBuf {
-    pub(super) fn new(len: usize) -> RawBuf {
-        let raw = Box::into_raw(vec![0u8; len].into_boxed_slice());
-        RawBuf {
-            ptr: NonNull::new(raw.cast::<u8>()).expect("Box is never null"),
-            len,
-        }
-    }
-
-    /// Where the kernel writes.
-    pub(super) fn as_mut_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.len
-    }
-
-    /// The first `n` bytes the kernel received.
-    ///
-    /// # Safety
-    ///
-    /// No receive into this buffer may be outstanding.
-    pub(super) unsafe fn filled(&self, n: usize) -> &[u8] {
-        assert!(n <= self.len, "more than the buffer holds");
-        // SAFETY: `n` bytes inside the block, which nothing writes while no receive is
-        // outstanding (the caller's promise) and which lives as long as `self`.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), n) }
-    }
-
-    /// Keeps the memory alive for ever: a receive into it may be outstanding.
-    pub(super) fn leak(self) {
-        let _ = ManuallyDrop::new(self);
-    }
-}
-
-impl Drop for RawBuf {
-    fn drop(&mut self) {
-        let slice = ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.len);
-        // SAFETY: `ptr` and `len` come from the `Box<[u8]>` made in `new`, freed only here, once;
-        // the owner drops a buffer only when no receive into it is outstanding (else `leak`).
-        drop(unsafe { Box::from_raw(slice) });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     //! The pure-memory parts, without a kernel (these run under Miri).
 
     use super::*;
 
-    fn entry(ring: &BufRing, index: usize) -> (u64, u32, u16) {
-        let e = ring.entries().wrapping_add(index);
-        // SAFETY: `index < count`; nothing else touches the memory in this test.
+    /// The descriptors `(addr, len, bid)` and the published tail, as the kernel would read them.
+    fn kernel_view(ring: &BufRing) -> (Vec<(u64, u32, u16)>, u16) {
+        let e = ring.entries();
+        // SAFETY: every entry and the tail are inside the block; nothing writes them meanwhile
+        // (this test is the only user).
         unsafe {
-            (
-                ptr::addr_of!((*e).addr).read(),
-                ptr::addr_of!((*e).len).read(),
-                ptr::addr_of!((*e).bid).read(),
-            )
+            let entries = (0..usize::from(ring.count))
+                .map(|i| {
+                    let e = e.add(i);
+                    (
+                        ptr::addr_of!((*e).addr).read(),
+                        ptr::addr_of!((*e).len).read(),
+                        ptr::addr_of!((*e).bid).read(),
+                    )
+                })
+                .collect();
+            let tail = AtomicU16::from_ptr(ring.mem.base().add(TAIL_OFFSET).cast());
+            (entries, tail.load(Ordering::Acquire))
         }
-    }
-
-    fn published_tail(ring: &BufRing) -> u16 {
-        // SAFETY: the tail is inside the allocation, aligned; nothing writes it concurrently.
-        unsafe { AtomicU16::from_ptr(ring.base.as_ptr().add(TAIL_OFFSET).cast()) }
-            .load(Ordering::Acquire)
     }
 
     #[test]
     fn every_buffer_starts_in_the_ring() {
         let ring = BufRing::new(3, 8, 100).unwrap();
         assert_eq!(ring.tail, 8);
-        assert_eq!(published_tail(&ring), 0, "nothing published yet");
+        assert_eq!(kernel_view(&ring).1, 0, "nothing published yet");
         ring.publish();
-        assert_eq!(published_tail(&ring), 8);
-        for i in 0..8u16 {
-            let (addr, len, bid) = entry(&ring, usize::from(i));
-            assert_eq!(bid, i);
+        let (entries, tail) = kernel_view(&ring);
+        assert_eq!(tail, 8);
+        for (i, &(addr, len, bid)) in entries.iter().enumerate() {
+            assert_eq!(usize::from(bid), i);
             assert_eq!(len, 100);
-            assert_eq!(addr, ring.buffer(i) as u64);
+            assert_eq!(addr, ring.mem.ptr(i) as u64);
         }
-        assert_eq!(ring.base.as_ptr() as usize % PAGE, 0, "page-aligned");
-        assert_eq!(ring.bufs % PAGE, 0, "buffers start on a page");
+        assert_eq!(ring.mem.base() as usize % PAGE, 0, "page-aligned");
+        assert_eq!(entries[0].0 as usize % PAGE, 0, "buffers start on a page");
     }
 
     #[test]
@@ -331,21 +322,25 @@ mod tests {
         let mut ring = BufRing::new(0, 4, 64).unwrap();
         ring.publish();
         // The kernel picks buffer 2 and writes into it, through its address.
-        let (addr, _, bid) = entry(&ring, 2);
-        let kernel = addr as usize as *mut u8;
-        for i in 0..5 {
-            // SAFETY: inside buffer 2, which the "kernel" owns at this point.
-            unsafe { kernel.add(i).write(b'a' + i as u8) };
-        }
-        // SAFETY: the "kernel" handed buffer `bid` back and it was not pushed again.
-        assert_eq!(unsafe { ring.data(bid, 5) }, b"abcde");
-        // Given back: it goes at the tail, wrapping around the ring.
+        let (entries, _) = kernel_view(&ring);
+        let (addr, _, bid) = entries[2];
+        let kernel = ring.mem.ptr(usize::from(bid));
+        assert_eq!(kernel as u64, addr);
+        // SAFETY:
+        // - the "kernel" writes 5 bytes inside buffer 2, which it holds;
+        // - then it hands the buffer back, and it is not pushed while the slice lives.
+        let data = unsafe {
+            ptr::copy_nonoverlapping(b"abcde".as_ptr(), kernel, 5);
+            ring.buffers().filled(usize::from(bid), 5)
+        };
+        assert_eq!(data, b"abcde");
+        // Given back: it goes at the tail, wrapping around the ring, and the tail that overlays
+        // entry 0's `resv` is left alone by `push`.
         ring.push(bid);
         ring.publish();
-        assert_eq!(published_tail(&ring), 5);
-        assert_eq!(entry(&ring, 0), (addr, 64, 2));
-        // The tail overlays entry 0's `resv`, which `push` left alone.
-        assert_eq!(published_tail(&ring), 5);
+        let (entries, tail) = kernel_view(&ring);
+        assert_eq!(tail, 5);
+        assert_eq!(entries[0], (addr, 64, 2));
     }
 
     #[test]
@@ -355,16 +350,20 @@ mod tests {
             ring.push(1);
         }
         ring.publish();
-        assert_eq!(published_tail(&ring), (2 + 70_000u32) as u16);
+        assert_eq!(kernel_view(&ring).1, (2 + 70_000u32) as u16);
     }
 
     #[test]
-    fn raw_buffers_hand_back_what_was_written() {
-        let buf = RawBuf::new(16);
-        assert_eq!(buf.len(), 16);
-        // SAFETY: inside the block; no receive is outstanding.
-        unsafe { ptr::copy_nonoverlapping(b"hello".as_ptr(), buf.as_mut_ptr(), 5) };
-        // SAFETY: no receive is outstanding.
-        assert_eq!(unsafe { buf.filled(5) }, b"hello");
+    fn one_shot_buffers_are_apart() {
+        let bufs = Buffers::new(0, 3, 10).unwrap();
+        assert_eq!(bufs.ptr(1) as usize - bufs.ptr(0) as usize, 10);
+        // SAFETY: the "kernel" writes inside buffer 1, then is done with it; nothing writes
+        // buffer 2.
+        let (data, untouched) = unsafe {
+            ptr::copy_nonoverlapping(b"hello".as_ptr(), bufs.ptr(1), 5);
+            (bufs.filled(1, 5), bufs.filled(2, 10))
+        };
+        assert_eq!(data, b"hello");
+        assert_eq!(untouched, [0; 10], "zeroed, and buffer 1 did not spill");
     }
 }

@@ -29,7 +29,7 @@ use socket2::Socket;
 use super::{Completion, WakeInner, Waker};
 use crate::config::{Config, Features};
 use crate::token::{Op, Token};
-use bufring::{RawBuf, Ring};
+use bufring::{Buffers, Ring};
 
 pub(crate) use probe::explain_failure;
 
@@ -46,10 +46,9 @@ const BUFFER_GROUP: u16 = 0;
 pub(crate) struct Port {
     /// The io_uring, and the receive buffers of multishot receives registered with it.
     ring: Ring,
-    /// Buffers of one-shot receives, by connection index (fall-back path).
-    oneshot: Vec<Option<RawBuf>>,
-    spare: Vec<RawBuf>,
-    recv_size: usize,
+    /// Buffers of one-shot receives, one per connection slot (the fall-back path, without a
+    /// buffer ring).
+    oneshot: Option<Buffers>,
     /// Receives outstanding: the kernel may write into `bufs` or `oneshot` while this is non-zero.
     recvs: usize,
     multishot_accept: bool,
@@ -211,13 +210,15 @@ impl Port {
                 .push("each armed receive holds a buffer".to_owned());
         }
 
-        // SAFETY: `eventfd` has no memory-safety preconditions; the result is checked.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if efd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `efd` is a fresh descriptor that nothing else owns.
-        let wake = Arc::new(EventFd(unsafe { File::from_raw_fd(efd) }));
+        // SAFETY: `eventfd` has no memory-safety preconditions; its result, when not an error, is
+        // a fresh descriptor that nothing else owns, given to the `File`.
+        let efd = unsafe {
+            match libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) {
+                fd if fd < 0 => return Err(io::Error::last_os_error()),
+                fd => File::from_raw_fd(fd),
+            }
+        };
+        let wake = Arc::new(EventFd(efd));
 
         let empty_msg = libc::msghdr {
             msg_name: std::ptr::null_mut(),
@@ -228,11 +229,17 @@ impl Port {
             msg_controllen: 0,
             msg_flags: 0,
         };
+        let oneshot = match ring.bufs() {
+            Some(_) => None,
+            None => Some(Buffers::new(
+                0,
+                config.capacity as usize,
+                config.recv_buffer_size.max(1) as usize,
+            )?),
+        };
         let mut port = Port {
             ring,
-            oneshot: (0..config.capacity).map(|_| None).collect(),
-            spare: Vec::new(),
-            recv_size: config.recv_buffer_size as usize,
+            oneshot,
             recvs: 0,
             multishot_accept: features.multishot_accept,
             listener: -1,
@@ -356,8 +363,8 @@ impl Port {
 // completes once through `wait`, sends read the caller's bytes only until their completion, and
 // receive buffers are kept (or leaked) while the kernel may write them.
 unsafe impl super::Port for Port {
-    fn accept(&mut self, listener: RawFd) {
-        self.listener = listener;
+    fn accept(&mut self, listener: &Socket) {
+        self.listener = listener.as_raw_fd();
         self.arm_accept();
     }
 
@@ -396,16 +403,13 @@ unsafe impl super::Port for Port {
         let entry = if let Some(bufs) = self.ring.bufs() {
             on_target!(target, |fd| opcode::RecvMulti::new(fd, bufs.group).build())
         } else {
-            let index = token.conn().index as usize;
-            let size = self.recv_size;
-            let buf = self.oneshot[index]
-                .get_or_insert_with(|| self.spare.pop().unwrap_or_else(|| RawBuf::new(size)));
-            on_target!(target, |fd| opcode::Recv::new(
-                fd,
-                buf.as_mut_ptr(),
-                buf.len() as u32
-            )
-            .build())
+            let bufs = self
+                .oneshot
+                .as_ref()
+                .expect("one-shot buffers without a buffer ring");
+            let buf = bufs.ptr(token.conn().index as usize);
+            let len = bufs.size().min(u32::MAX as usize) as u32;
+            on_target!(target, |fd| opcode::Recv::new(fd, buf, len).build())
         };
         self.recvs += 1;
         self.push(&entry.user_data(token.0));
@@ -546,7 +550,6 @@ unsafe impl super::Port for Port {
         let Port {
             ring,
             oneshot,
-            spare,
             recvs,
             wake,
             wake_armed,
@@ -575,7 +578,7 @@ unsafe impl super::Port for Port {
                             (Ok(n), Some(bid)) => {
                                 // SAFETY: the kernel handed buffer `bid` back with this
                                 // completion; it is pushed back only after the callback.
-                                let data = unsafe { bufs.data(bid, n) };
+                                let data = unsafe { bufs.buffers().filled(usize::from(bid), n) };
                                 sink(Completion::Recv {
                                     token,
                                     result: Ok(data),
@@ -601,17 +604,15 @@ unsafe impl super::Port for Port {
                         }
                     } else {
                         let index = token.conn().index as usize;
-                        let buf = oneshot[index]
-                            .take()
-                            .expect("one-shot receive without buffer");
-                        // SAFETY: this was the receive into `buf`, and it is over.
-                        let result = result.map(|n| unsafe { buf.filled(n) });
+                        let bufs = oneshot.as_ref().expect("one-shot receive without buffers");
+                        // SAFETY: this was the receive into the slot's buffer, and it is over
+                        // (one receive per slot at a time).
+                        let result = result.map(|n| unsafe { bufs.filled(index, n) });
                         sink(Completion::Recv {
                             token,
                             result,
                             more: false,
                         });
-                        spare.push(buf);
                     }
                 }
                 Some(Op::Send) => sink(Completion::Send {
@@ -667,8 +668,8 @@ impl Drop for Port {
             // The kernel may still write into them (`Ring` drops the io_uring before it frees
             // the buffer ring, and leaks it now).
             self.ring.leak_buffers();
-            for buf in self.oneshot.drain(..).flatten() {
-                buf.leak();
+            if let Some(bufs) = self.oneshot.take() {
+                bufs.leak();
             }
         }
     }
