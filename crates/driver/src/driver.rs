@@ -549,7 +549,7 @@ impl Io {
         if want_armed && !a.armed {
             a.armed = true;
             a.cancel_sent = false;
-            port.accept(sys::raw(listener));
+            port.accept(listener);
         } else if !want_armed && a.armed && !a.cancel_sent {
             a.cancel_sent = true;
             port.cancel_accept();

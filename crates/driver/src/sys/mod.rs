@@ -185,7 +185,7 @@ pub(crate) enum Completion<'a> {
 ///   the slot, with the same raw handle, is a new connection).
 pub(crate) unsafe trait Port {
     /// Starts accepting connections on `listener`, a listening socket that outlives the accept.
-    fn accept(&mut self, listener: Raw);
+    fn accept(&mut self, listener: &Socket);
 
     /// Stops accepting: the armed accept completes with `more == false`.
     fn cancel_accept(&mut self);
@@ -341,7 +341,7 @@ impl AnyPort {
 
 // SAFETY: every variant forwards to a backend that implements `Port` (and keeps its promises).
 unsafe impl Port for AnyPort {
-    fn accept(&mut self, listener: Raw) {
+    fn accept(&mut self, listener: &Socket) {
         each!(self, p => p.accept(listener))
     }
 

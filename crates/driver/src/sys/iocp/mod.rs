@@ -41,8 +41,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use socket2::Socket;
 use windows_sys::Win32::Foundation::{
-    CloseHandle, ERROR_OPERATION_ABORTED, FALSE, GetLastError, HANDLE, WAIT_TIMEOUT,
+    CloseHandle, ERROR_OPERATION_ABORTED, FALSE, HANDLE, WAIT_TIMEOUT,
 };
 use windows_sys::Win32::Networking::WinSock::{INVALID_SOCKET, SOCKET, WSAECONNABORTED};
 use windows_sys::Win32::System::IO::{
@@ -222,12 +223,11 @@ impl Port {
             )
         };
         if ok == FALSE {
-            // SAFETY: reads this thread's last error.
-            let code = unsafe { GetLastError() };
-            if code == WAIT_TIMEOUT {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(WAIT_TIMEOUT as i32) {
                 return Ok(0);
             }
-            return Err(io::Error::from_raw_os_error(code as i32));
+            return Err(e);
         }
         Ok(n as usize)
     }
@@ -235,7 +235,6 @@ impl Port {
     /// Cancels the pending accepts of a port being dropped and waits (briefly) for them, so that
     /// their buffers can be freed.
     fn drain_accepts(&mut self) {
-        self.acceptor.cancel(&mut |_, _| {});
         let deadline = Instant::now() + DROP_DRAIN;
         while self.acceptor.has_outstanding() && Instant::now() < deadline {
             self.acceptor.deliver_done(&mut |_, _| {});
@@ -253,14 +252,14 @@ impl Port {
     }
 }
 
-impl super::Port for Port {
-    fn accept(&mut self, listener: Raw) {
+// SAFETY: see the module documentation and the comments at each operation: every operation
+// completes once through `wait`, sends read the caller's bytes only until their completion, and
+// receive buffers are kept (or leaked) while the kernel may write them.
+unsafe impl super::Port for Port {
+    fn accept(&mut self, listener: &Socket) {
         let ready = &mut self.conns.ready;
-        self.acceptor.arm(
-            self.handle.0,
-            listener as SOCKET,
-            &mut accept::queue_into(ready),
-        );
+        self.acceptor
+            .arm(self.handle.0, listener, &mut accept::queue_into(ready));
     }
 
     fn cancel_accept(&mut self) {
@@ -363,6 +362,25 @@ impl super::Port for Port {
             // Not pending: its completion is queued or delivered.
             _ => {}
         }
+    }
+
+    fn release(&mut self, index: u32, socket: Option<Socket>, _reset: bool) {
+        // Forget the connection: the next one in the slot (whatever its handle's value, which
+        // Windows may give again) is associated and set up anew.
+        if let Some(slot) = self.conns.slots.get_mut(index as usize) {
+            // A hard check: forgetting a pending operation would let its `OVERLAPPED` be handed
+            // to the kernel again.
+            assert!(
+                !slot.is_busy(),
+                "slot released while an operation is outstanding"
+            );
+            *slot = Slot {
+                // A stale list entry of the connection is still to be skipped.
+                listed: slot.listed,
+                ..Slot::default()
+            };
+        }
+        drop(socket);
     }
 
     fn leak_buffers(&mut self) {
@@ -610,6 +628,9 @@ impl Drop for Port {
                 table.leak();
             }
         }
+        // Posted accepts are cancelled in any case: left posted, they would accept clients into
+        // sockets nobody sees.
+        self.acceptor.cancel(&mut |_, _| {});
         if self.acceptor.has_outstanding() && !self.leak {
             self.drain_accepts();
         }
@@ -668,11 +689,9 @@ impl WakeInner for IocpWaker {
         // waker holds it).
         let ok = unsafe { PostQueuedCompletionStatus(self.port.0, 0, KEY_WAKE, ptr::null()) };
         if ok == FALSE {
+            let e = io::Error::last_os_error();
             self.pending.store(false, Ordering::Release);
-            // SAFETY: reads this thread's last error.
-            return Err(io::Error::from_raw_os_error(
-                unsafe { GetLastError() } as i32
-            ));
+            return Err(e);
         }
         Ok(())
     }

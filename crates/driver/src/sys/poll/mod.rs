@@ -110,8 +110,12 @@ impl Port {
     }
 }
 
-impl super::Port for Port {
-    fn accept(&mut self, listener: Raw) {
+// SAFETY: see the module documentation and the comments at each operation: every operation
+// completes once through `wait`, sends read the caller's bytes only until their completion, and
+// receive buffers are kept (or leaked) while the kernel may write them.
+unsafe impl super::Port for Port {
+    fn accept(&mut self, listener: &socket2::Socket) {
+        let listener = super::raw(listener);
         let registry = self.poll.registry();
         let l = &mut self.state.listener;
         if l.registered && l.fd != listener {
