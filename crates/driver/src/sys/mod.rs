@@ -54,6 +54,8 @@ use crate::token::Token;
 pub(crate) mod iocp;
 #[cfg(unix)]
 pub(crate) mod poll;
+#[cfg(any(unix, windows))]
+mod reader;
 #[cfg(target_os = "linux")]
 pub(crate) mod uring;
 
