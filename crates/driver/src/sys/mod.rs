@@ -40,7 +40,13 @@
 //!   completes through [`Port::wait`], never from inside the call.
 //! - Several ports may be asked to accept on one listening socket. Where the OS lets only one of
 //!   them accept (IOCP: a socket is associated with one completion port), the others' accept stays
-//!   armed without completing until [`Port::cancel_accept`].
+//!   armed without completing until [`Port::cancel_accept`]. If none can (the port that owned the
+//!   association is gone), the accept ends with an error.
+//! - [`Port::wait`] returning an error means the port cannot go on (io_uring: submitting
+//!   failed); its owner stops using it.
+//!
+//! The promises the driver's `unsafe` code relies on are the `# Safety` of [`Port`], an `unsafe
+//! trait`. `tests/contract.rs` checks the rules on every backend.
 
 use std::io::{self, IoSlice};
 use std::time::Duration;
