@@ -688,3 +688,40 @@ impl WakeInner for EventFd {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::Port as _;
+
+    /// A ring that cannot submit any more (here: told so; in life, `EEXIST` when a
+    /// single-issuer ring is used from another thread) drops what is pushed instead of looping or
+    /// panicking, and every wait reports the error.
+    #[test]
+    fn a_failed_submit_is_an_error_of_every_wait() {
+        let config = Config {
+            capacity: 4,
+            ..Config::default()
+        };
+        // On a thread of its own: see `uring_unavailable` in the tests' support module.
+        std::thread::spawn(move || {
+            let Ok((mut port, _)) = Port::new(&config) else {
+                eprintln!("skipped: io_uring unavailable");
+                return;
+            };
+            port.failed = Some(io::Error::from_raw_os_error(libc::EEXIST));
+            // More entries than the submission queue holds: each push past it tries to submit.
+            for _ in 0..2 * config.ring_entries {
+                port.cancel_accept();
+            }
+            for _ in 0..2 {
+                let error = port
+                    .wait(Some(Duration::ZERO), &mut |_| panic!("a completion"))
+                    .unwrap_err();
+                assert_eq!(error.kind(), io::ErrorKind::AlreadyExists, "{error}");
+            }
+        })
+        .join()
+        .unwrap();
+    }
+}
