@@ -109,7 +109,7 @@ impl std::error::Error for ConnError {}
 /// A driver stays on the thread that made it (an io_uring ring is made for a single issuer,
 /// and submitting from another thread fails), so it is not `Send`:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0277
 /// fn send<T: Send>(_: T) {}
 /// let driver = iocp_driver::Driver::new(&iocp_driver::Config::default()).unwrap();
 /// send(driver);
@@ -119,7 +119,8 @@ pub struct Driver {
     port: AnyPort,
     backend: Backend,
     features: Features,
-    /// Not `Send`, not `Sync`.
+    /// Not `Send`, not `Sync`, whatever the backends hold (their raw pointers made it so by
+    /// accident before; now it is promised).
     _thread: PhantomData<*const ()>,
 }
 
