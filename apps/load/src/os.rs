@@ -1,4 +1,4 @@
-//! The few calls `std` and `socket2` do not offer: the open-file limit, the process's CPU time,
+//! The few calls `std`, `socket2` and the driver do not offer: the process's CPU time,
 //! `IP_BIND_ADDRESS_NO_PORT`, and a server's resident memory. The only unsafe code of the binary.
 #![allow(unsafe_code)]
 
@@ -6,63 +6,6 @@ use std::io;
 use std::time::Duration;
 
 use socket2::Socket;
-
-/// What became of the open-file limit.
-pub struct FdLimit {
-    /// The soft limit now in force.
-    pub soft: u64,
-    /// The hard limit (the most the soft limit can be raised to without privileges).
-    pub hard: u64,
-    /// The soft limit before it was raised.
-    pub was: u64,
-}
-
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit (where the hard limit is unlimited, to
-/// `want`).
-#[cfg(unix)]
-#[allow(clippy::unnecessary_cast)] // `rlim_t` is not `u64` on every Unix.
-pub fn raise_fd_limit(want: u64) -> io::Result<FdLimit> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable `rlimit` for the duration of the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let was = lim.rlim_cur as u64;
-    let target = if lim.rlim_max == libc::RLIM_INFINITY {
-        want.max(was) as libc::rlim_t
-    } else {
-        lim.rlim_max
-    };
-    if target > lim.rlim_cur {
-        let new = libc::rlimit {
-            rlim_cur: target,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: `new` is a valid `rlimit` that lives across the call; the kernel only reads it.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        lim.rlim_cur = target;
-    }
-    Ok(FdLimit {
-        soft: lim.rlim_cur as u64,
-        hard: lim.rlim_max as u64,
-        was,
-    })
-}
-
-/// Elsewhere there is no limit to raise.
-#[cfg(not(unix))]
-pub fn raise_fd_limit(want: u64) -> io::Result<FdLimit> {
-    Ok(FdLimit {
-        soft: want,
-        hard: want,
-        was: want,
-    })
-}
 
 /// CPU time used by this process (all threads) so far.
 #[derive(Clone, Copy, Default, Debug)]

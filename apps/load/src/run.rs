@@ -333,10 +333,15 @@ impl Prepared {
     }
 }
 
-/// Raises the open-file limit as far as it goes, and says so when it is not enough.
+/// Raises the open-file limit as far as the connections need and the hard limit allows
+/// (`iocp_driver::raise_open_file_limit`), and says so when it is not enough.
 fn raise_fd_limit(common: &Common) {
     let needed = u64::from(common.connections) + SPARE_FDS + 4 * u64::from(common.threads);
-    match os::raise_fd_limit(needed) {
+    let raised = iocp_driver::open_file_limits().and_then(|(was, hard)| {
+        let soft = iocp_driver::raise_open_file_limit(needed)?;
+        Ok(Limit { soft, hard, was })
+    });
+    match raised {
         Ok(limit) => {
             if limit.soft < needed {
                 eprintln!(
@@ -358,6 +363,16 @@ fn raise_fd_limit(common: &Common) {
         }
         Err(e) => eprintln!("iocp-load: warning: cannot raise the open-file limit: {e}"),
     }
+}
+
+/// What became of the open-file limit.
+struct Limit {
+    /// The soft limit now in force.
+    soft: u64,
+    /// The hard limit (the most the soft limit can be raised to without privileges).
+    hard: u64,
+    /// The soft limit before it was raised.
+    was: u64,
 }
 
 type Handles<'scope> = Vec<std::thread::ScopedJoinHandle<'scope, Report>>;

@@ -18,8 +18,8 @@ pub(crate) fn report_stats(
     let mut last = handle.stats();
     while !handle.wait_for_shutdown(Duration::from_secs(interval)) {
         let now = handle.stats();
-        let rate = (now.messages_in - last.messages_in) / interval;
-        tracing::info!("{now} | {rate} msgs/s in");
+        let rate = (now.receives - last.receives) / interval;
+        tracing::info!("{now} | {rate} reads/s in");
         if let Some(line) = extra() {
             tracing::info!("{line}");
         }

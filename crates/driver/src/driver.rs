@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -90,7 +91,7 @@ impl std::error::Error for ConnError {}
 /// use iocp_driver::{Config, Driver, Event};
 /// let mut driver = Driver::new(&Config::default())?;
 /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-/// driver.io().listen(&listener.into())?;
+/// driver.io().start_accepting(&listener.into())?;
 /// loop {
 ///     driver.turn(None, |io, event| match event {
 ///         Event::Accepted(socket) => {
@@ -104,12 +105,35 @@ impl std::error::Error for ConnError {}
 /// }
 /// # Ok::<(), std::io::Error>(())
 /// ```
+///
+/// A driver stays on the thread that made it (an io_uring ring is made for a single issuer,
+/// and submitting from another thread fails), so it is not `Send`:
+///
+/// ```compile_fail,E0277
+/// fn send<T: Send>(_: T) {}
+/// let driver = iocp_driver::Driver::new(&iocp_driver::Config::default()).unwrap();
+/// send(driver);
+/// ```
 pub struct Driver {
     io: Io,
     port: AnyPort,
     backend: Backend,
     features: Features,
+    /// Not `Send`, not `Sync`, whatever the backends hold (their raw pointers made it so by
+    /// accident before; now it is promised).
+    _thread: PhantomData<*const ()>,
 }
+
+// `Driver` must not be `Send` (compio's `assert_not_impl!`): if it were, both impls below would
+// apply and the name would be ambiguous, which does not compile.
+const _: fn() = || {
+    trait AmbiguousIfSend<A> {
+        fn some_item() {}
+    }
+    impl<T: ?Sized> AmbiguousIfSend<()> for T {}
+    impl<T: ?Sized + Send> AmbiguousIfSend<u8> for T {}
+    let _ = <Driver as AmbiguousIfSend<_>>::some_item;
+};
 
 /// The submission half of a [`Driver`]: what a completion callback may do.
 pub struct Io {
@@ -200,6 +224,7 @@ impl Driver {
             port,
             backend,
             features,
+            _thread: PhantomData,
         })
     }
 
@@ -228,6 +253,9 @@ impl Driver {
     ///
     /// Events of one connection are delivered in order. Operations asked for inside `f` are
     /// submitted on the next turn, so that they are batched.
+    ///
+    /// An error means the completion port cannot go on (io_uring: submitting failed); stop
+    /// using the driver and drop it (what the kernel may still touch is leaked, not freed).
     pub fn turn<F>(&mut self, timeout: Option<Duration>, mut f: F) -> io::Result<()>
     where
         F: FnMut(&mut Io, Event<'_>),
@@ -275,13 +303,14 @@ impl Io {
         self.bytes_sent
     }
 
-    /// Starts accepting connections on `listener` (a listening socket). The driver keeps its own
+    /// Starts accepting connections on `listener`, a socket that is already listening (the
+    /// caller binds it and calls `listen`). The driver keeps its own
     /// handle to it (a duplicate) for as long as it accepts, and makes it non-blocking (a flag
     /// the caller's handle shares).
     ///
     /// Fails if an accept is still armed: call [`Io::stop_accepting`] and turn until
     /// [`Io::is_accepting`] is false first.
-    pub fn listen(&mut self, listener: &Socket) -> io::Result<()> {
+    pub fn start_accepting(&mut self, listener: &Socket) -> io::Result<()> {
         if self.accept.armed {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -477,8 +506,10 @@ impl Io {
                     let fd: Raw = raw(c);
                     // SAFETY: the slices point into `Bytes` held by the connection's queue. They
                     // are dropped only by `SendQueue::advance` or `clear`, which run after this
-                    // send's completion (`complete` with `Op::Send`), or never (the driver leaks
-                    // the table in `Drop` while a send is in flight). `Bytes` are immutable.
+                    // send's completion (`complete` with `Op::Send`; `Port` promises exactly one,
+                    // delivered by `wait`), or never (the driver leaks the table in `Drop` while
+                    // a send is in flight). `Bytes` are immutable, and `Port` promises to copy
+                    // the slice array itself before returning.
                     unsafe { port.send(fd, id.token(Op::Send), &slices[..n]) };
                 }
                 Pending::Cancel(id, op) => {
@@ -519,7 +550,7 @@ impl Io {
         if want_armed && !a.armed {
             a.armed = true;
             a.cancel_sent = false;
-            port.accept(sys::raw(listener));
+            port.accept(listener);
         } else if !want_armed && a.armed && !a.cancel_sent {
             a.cancel_sent = true;
             port.cancel_accept();

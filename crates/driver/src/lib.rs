@@ -28,6 +28,11 @@
 //!
 //! The OS layer and its contract are in `src/sys/mod.rs`.
 
+// The tests beside each backend share the integration tests' support module, which names the
+// crate.
+#[cfg(test)]
+extern crate self as iocp_driver;
+
 mod affinity;
 mod config;
 mod driver;
@@ -39,6 +44,6 @@ mod token;
 pub use affinity::pin_current_thread;
 pub use config::{Backend, BackendChoice, Config, Features, UringOptions};
 pub use driver::{CloseMode, ConnError, Driver, Event, Io};
-pub use limits::raise_open_file_limit;
+pub use limits::{open_file_limits, raise_open_file_limit};
 pub use sys::Waker;
 pub use token::{ConnId, GENERATION_BITS};

@@ -47,6 +47,27 @@ pub fn raise_open_file_limit(wanted: u64) -> io::Result<u64> {
     Ok(wanted)
 }
 
+/// The soft and hard limits on open file descriptors (`RLIMIT_NOFILE`), `u64::MAX` for none.
+#[cfg(unix)]
+#[allow(clippy::unnecessary_cast)] // `rlim_t` is `u64` on Linux, not on every Unix.
+pub fn open_file_limits() -> io::Result<(u64, u64)> {
+    let limit = open_file_limit()?;
+    let value = |v: libc::rlim_t| {
+        if v == libc::RLIM_INFINITY {
+            u64::MAX
+        } else {
+            v as u64
+        }
+    };
+    Ok((value(limit.rlim_cur), value(limit.rlim_max)))
+}
+
+/// The soft and hard limits on open file descriptors: none on Windows sockets (`u64::MAX`).
+#[cfg(windows)]
+pub fn open_file_limits() -> io::Result<(u64, u64)> {
+    Ok((u64::MAX, u64::MAX))
+}
+
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ pub(crate) struct WorkerStats {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     bytes_delivered: AtomicU64,
-    messages_in: AtomicU64,
+    receives: AtomicU64,
     messages_out: AtomicU64,
 }
 
@@ -44,7 +44,7 @@ impl WorkerStats {
     #[inline]
     pub(crate) fn received(&self, bytes: usize) {
         bump(&self.bytes_in, bytes as u64);
-        bump(&self.messages_in, 1);
+        bump(&self.receives, 1);
     }
 
     /// The worker's driver has handed `total` bytes to the kernel since it started.
@@ -68,7 +68,7 @@ impl WorkerStats {
         s.bytes_in += get(&self.bytes_in);
         s.bytes_out += get(&self.bytes_out);
         s.bytes_delivered += get(&self.bytes_delivered);
-        s.messages_in += get(&self.messages_in);
+        s.receives += get(&self.receives);
         s.messages_out += get(&self.messages_out);
     }
 }
@@ -91,8 +91,9 @@ pub struct Stats {
     /// Bytes the kernel took from the send queues (sent, or in a socket's buffer): what was
     /// queued less what is still queued or was dropped with a session that closed.
     pub bytes_delivered: u64,
-    /// Receive completions delivered to the handler.
-    pub messages_in: u64,
+    /// Receive completions delivered to the handler: reads, not messages (one may carry several
+    /// messages, or part of one).
+    pub receives: u64,
     /// Messages queued for sending.
     pub messages_out: u64,
 }
@@ -141,12 +142,8 @@ impl fmt::Display for Stats {
         }
         write!(
             f,
-            ") | in {} msgs {} B | out {} msgs {} B queued, {} B delivered",
-            self.messages_in,
-            self.bytes_in,
-            self.messages_out,
-            self.bytes_out,
-            self.bytes_delivered
+            ") | in {} reads {} B | out {} msgs {} B queued, {} B delivered",
+            self.receives, self.bytes_in, self.messages_out, self.bytes_out, self.bytes_delivered
         )
     }
 }

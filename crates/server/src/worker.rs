@@ -284,7 +284,7 @@ pub(crate) fn run<H: Handler>(
         uring: config.uring,
     };
     let mut driver = match Driver::new(&driver_config).and_then(|mut d| {
-        d.io().listen(&listener)?;
+        d.io().start_accepting(&listener)?;
         Ok(d)
     }) {
         Ok(driver) => driver,

@@ -40,7 +40,13 @@
 //!   completes through [`Port::wait`], never from inside the call.
 //! - Several ports may be asked to accept on one listening socket. Where the OS lets only one of
 //!   them accept (IOCP: a socket is associated with one completion port), the others' accept stays
-//!   armed without completing until [`Port::cancel_accept`].
+//!   armed without completing until [`Port::cancel_accept`]. If none can (the port that owned the
+//!   association is gone), the accept ends with an error.
+//! - [`Port::wait`] returning an error means the port cannot go on (io_uring: submitting
+//!   failed); its owner stops using it.
+//!
+//! The promises the driver's `unsafe` code relies on are the `# Safety` of [`Port`], an `unsafe
+//! trait`. `tests/contract.rs` checks the rules on every backend.
 
 use std::io::{self, IoSlice};
 use std::time::Duration;
@@ -54,6 +60,8 @@ use crate::token::Token;
 pub(crate) mod iocp;
 #[cfg(unix)]
 pub(crate) mod poll;
+#[cfg(any(unix, windows))]
+mod reader;
 #[cfg(target_os = "linux")]
 pub(crate) mod uring;
 
@@ -78,10 +86,12 @@ pub(crate) fn is_canceled(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ECANCELED)
 }
 
-/// Whether a receive ended because the backend's buffers ran out (it is re-armed).
+/// Whether a receive ended with nothing wrong with the connection, so that it is re-armed: the
+/// backend's buffers ran out (`ENOBUFS`), or the kernel gave up waiting for data on the
+/// non-blocking socket (`EAGAIN`: io_uring, when a receive armed for readable finds nothing).
 #[cfg(unix)]
 pub(crate) fn is_out_of_buffers(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::ENOBUFS)
+    matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::EAGAIN))
 }
 
 /// Whether accepting failed for lack of descriptors or memory (accepting pauses and backs off).
@@ -161,9 +171,29 @@ pub(crate) enum Completion<'a> {
 }
 
 /// What every backend provides. See the module documentation for the rules.
-pub(crate) trait Port {
+///
+/// # Safety
+///
+/// The driver's `unsafe` code relies on these promises; an implementation must keep every one:
+///
+/// - **Every operation completes exactly once** through [`Port::wait`] (a multishot one: once
+///   with `more == false`, after any number with `more == true`), whether it succeeds, fails or
+///   is cancelled, and never from inside the call that started it. A completion carries the
+///   token it was submitted with, and none comes after the final one. (The caller frees the
+///   memory of a send, or reuses a slot, on the strength of that final completion.)
+/// - **Send reads only what it was given, until its completion**: [`Port::send`] copies the
+///   `IoSlice` array itself before returning (the caller drops it at once), reads the bytes the
+///   slices point to at most until the send's completion is delivered, and never writes them.
+/// - **Receive memory is the backend's own**: the bytes lent by [`Completion::Recv`] stay valid
+///   and unchanged until the sink returns, and the backend keeps every buffer the kernel may
+///   write into alive until the operation writing it has completed, or for ever after
+///   [`Port::leak_buffers`].
+/// - **[`Port::release`] is called only when none of the slot's operations is outstanding**, and
+///   the backend then forgets everything it knew of the slot's connection (a new connection in
+///   the slot, with the same raw handle, is a new connection).
+pub(crate) unsafe trait Port {
     /// Starts accepting connections on `listener`, a listening socket that outlives the accept.
-    fn accept(&mut self, listener: Raw);
+    fn accept(&mut self, listener: &Socket);
 
     /// Stops accepting: the armed accept completes with `more == false`.
     fn cancel_accept(&mut self);
@@ -317,8 +347,9 @@ impl AnyPort {
     }
 }
 
-impl Port for AnyPort {
-    fn accept(&mut self, listener: Raw) {
+// SAFETY: every variant forwards to a backend that implements `Port` (and keeps its promises).
+unsafe impl Port for AnyPort {
+    fn accept(&mut self, listener: &Socket) {
         each!(self, p => p.accept(listener))
     }
 

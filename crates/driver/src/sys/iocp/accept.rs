@@ -9,14 +9,18 @@
 //! completes only when it is cancelled. The server hands each connection to the worker owning a
 //! free slot anyway (`Command::Adopt`), so one accepting port serves them all.
 //!
-//! Which port owns which listener is kept in a process-wide list of `(address, port)`: a port that
-//! finds the listener already associated checks whether the association is its own (it listened
-//! on the same socket before, through another duplicate).
+//! Which port owns which listener is decided by the socket *object*, not its address or handle
+//! value: the owner keeps a duplicate handle of the listener it associated for as long as it
+//! lives (the association cannot be undone anyway), and a process-wide list holds those handles.
+//! A port that finds the listener already associated compares it (`CompareObjectHandles`) with
+//! its own listener, then with the owners' ones: its own, it accepts; a live owner's, it is
+//! dormant; nobody's (the owning port is gone), accepting fails with an error, never silently.
+//! The association and the list change together, under the list's lock.
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::os::windows::io::{FromRawSocket, RawSocket};
+use std::os::windows::io::{AsRawSocket, FromRawSocket, RawSocket};
 use std::ptr;
 use std::sync::Mutex;
 
@@ -39,8 +43,9 @@ use crate::sys::Completion;
 /// function requires.
 const ADDR_LEN: usize = size_of::<SOCKADDR_STORAGE>() + 16;
 
-/// Which listeners are associated with which port: `(listener address, port id, skip mode)`.
-static OWNERS: Mutex<Vec<(SocketAddr, u64, bool)>> = Mutex::new(Vec::new());
+/// Listeners associated with a live port: the owner's own handle of each (kept open while the
+/// entry exists, so it names the socket object) and the owning port's id.
+static OWNERS: Mutex<Vec<(SOCKET, u64)>> = Mutex::new(Vec::new());
 
 /// What one posted `AcceptEx` writes: its `OVERLAPPED`, then the local and remote addresses.
 #[repr(C)]
@@ -120,6 +125,10 @@ pub(super) struct Acceptor {
     /// Skip-on-success is in effect on the listener.
     skip: bool,
     ext: Option<Extensions>,
+    /// The listener this port's completion port is associated with (its own handle of it, kept
+    /// while the port lives; its raw value is in [`OWNERS`]), and whether skip-on-success is in
+    /// effect on it.
+    owned: Option<(Socket, bool)>,
     /// Made when this port first owns a listener.
     bufs: Option<Table<AcceptBuf>>,
     ops: Vec<Op>,
@@ -141,6 +150,7 @@ impl Acceptor {
             family: 0,
             skip: false,
             ext: None,
+            owned: None,
             bufs: None,
             ops: Vec::new(),
             outstanding: 0,
@@ -160,13 +170,14 @@ impl Acceptor {
 
     /// Starts accepting on `listener`: posts `depth` accepts if this port owns (or can take) the
     /// listener's association, else arms a dormant accept.
-    pub(super) fn arm(&mut self, port: HANDLE, listener: SOCKET, emit: Emit<'_>) {
+    pub(super) fn arm(&mut self, port: HANDLE, listener: &Socket, emit: Emit<'_>) {
         debug_assert!(!self.armed, "accept armed twice");
         debug_assert_eq!(self.outstanding, 0);
         self.armed = true;
         self.canceling = false;
-        let claimed = socket::local_addr(listener)
-            .and_then(|addr| Ok((addr, claim(port, listener, addr, self.port_id)?)));
+        let claimed = socket::local_addr(listener.as_raw_socket() as SOCKET)
+            .and_then(|addr| Ok((addr, self.claim(port, listener)?)));
+        let listener = listener.as_raw_socket() as SOCKET;
         let (addr, skip) = match claimed {
             Ok((addr, Some(skip))) => (addr, skip),
             Ok((addr, None)) => {
@@ -272,19 +283,64 @@ impl Acceptor {
         true
     }
 
-    /// Gives the kernel's buffers up for ever (a port dropped with accepts still pending). The
-    /// sockets made for them are leaked with them.
+    /// Gives the kernel's buffers up for ever (a port dropped with accepts still pending, which
+    /// [`Acceptor::cancel`] has asked to end): the sockets made for them are closed, so that no
+    /// connection is accepted into a socket nobody sees, but the buffers, which the kernel may
+    /// still write, are never freed.
     pub(super) fn leak(&mut self) {
         if let Some(bufs) = self.bufs.take() {
             bufs.leak();
         }
-        self.ops.clear();
+        for op in self.ops.drain(..) {
+            if op.socket != INVALID_SOCKET {
+                socket::close(op.socket);
+            }
+        }
         self.outstanding = 0;
     }
 
-    /// Forgets this port's associations (the port is going away).
-    pub(super) fn forget_owned(&self) {
-        lock_owners().retain(|&(_, id, _)| id != self.port_id);
+    /// Forgets this port's association (the port is going away): from now on nobody owns the
+    /// listener.
+    pub(super) fn forget_owned(&mut self) {
+        lock_owners().retain(|&(_, id)| id != self.port_id);
+        self.owned = None;
+    }
+
+    /// Associates `listener` with `port` unless it is associated already. `Some(skip mode)` when
+    /// this port owns the association (now or from an earlier call), `None` when another live
+    /// port does; an error when no live port does (the association outlives the port that made
+    /// it: nobody can accept on that socket any more).
+    fn claim(&mut self, port: HANDLE, listener: &Socket) -> io::Result<Option<bool>> {
+        let raw = listener.as_raw_socket() as SOCKET;
+        let mut owners = lock_owners();
+        if let Some((own, skip)) = &self.owned {
+            if socket::same_socket(own.as_raw_socket() as SOCKET, raw) {
+                return Ok(Some(*skip));
+            }
+        }
+        match socket::associate(port, raw, KEY_LISTENER) {
+            Ok(()) => {
+                let skip = socket::skip_completion_on_success(raw);
+                let own = listener.try_clone()?;
+                owners.retain(|&(_, id)| id != self.port_id);
+                owners.push((own.as_raw_socket() as SOCKET, self.port_id));
+                // The listener this port owned before (if any) is of no use to anyone now.
+                self.owned = Some((own, skip));
+                Ok(Some(skip))
+            }
+            Err(e) if e.raw_os_error() == Some(ERROR_INVALID_PARAMETER as i32) => {
+                if owners.iter().any(|&(h, _)| socket::same_socket(h, raw)) {
+                    Ok(None)
+                } else {
+                    Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "the listening socket is associated with a completion port that is gone \
+                         (or not this driver's): no port can accept on it; listen on a new socket",
+                    ))
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Posts accept `i` with a new socket.
@@ -356,7 +412,15 @@ impl Acceptor {
         op.state = State::Idle;
         self.outstanding -= 1;
         let accepted = std::mem::replace(&mut op.socket, INVALID_SOCKET);
-        match result.and_then(|()| self.take_connection(i, accepted)) {
+        let result = match result {
+            Ok(()) => self.take_connection(i, accepted),
+            Err(e) => {
+                // Cancelled, or a connection reset before it was taken: the socket was for it.
+                socket::close(accepted);
+                Err(e)
+            }
+        };
+        match result {
             Ok(socket) => emit(Ok(socket), true),
             Err(e) => {
                 // The socket (closed by now) was for one connection only: a reset before it was
@@ -438,40 +502,7 @@ impl Acceptor {
     }
 }
 
-/// Associates `listener` with `port` unless another port has it. `Some(skip mode)` when `port`
-/// owns the association (now or from an earlier call), `None` when another port does.
-fn claim(
-    port: HANDLE,
-    listener: SOCKET,
-    addr: SocketAddr,
-    port_id: u64,
-) -> io::Result<Option<bool>> {
-    match socket::associate(port, listener, KEY_LISTENER) {
-        Ok(()) => {
-            let skip = socket::skip_completion_on_success(listener);
-            let mut owners = lock_owners();
-            // An earlier listener on this address is gone (this one could be associated).
-            owners.retain(|&(a, _, _)| a != addr);
-            owners.push((addr, port_id, skip));
-            Ok(Some(skip))
-        }
-        Err(e) => {
-            let mine = lock_owners()
-                .iter()
-                .find(|&&(a, id, _)| a == addr && id == port_id)
-                .map(|&(_, _, skip)| skip);
-            if mine.is_some() {
-                Ok(mine)
-            } else if e.raw_os_error() == Some(ERROR_INVALID_PARAMETER as i32) {
-                Ok(None)
-            } else {
-                Err(e)
-            }
-        }
-    }
-}
-
-fn lock_owners() -> std::sync::MutexGuard<'static, Vec<(SocketAddr, u64, bool)>> {
+fn lock_owners() -> std::sync::MutexGuard<'static, Vec<(SOCKET, u64)>> {
     OWNERS.lock().unwrap_or_else(|e| e.into_inner())
 }
 

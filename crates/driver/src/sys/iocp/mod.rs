@@ -9,8 +9,8 @@
 //! - **receive**: a zero-byte `WSARecv`, so an idle connection holds no buffer. When it
 //!   completes, the socket (non-blocking) is read with `recv` into one scratch buffer per worker
 //!   until `WSAEWOULDBLOCK`, each read lent to the callback as `Recv { more: true }`, and the
-//!   zero-byte `WSARecv` is posted again. A connection reads at most [`READ_BUDGET`] bytes per
-//!   wait, then waits its turn.
+//!   zero-byte `WSARecv` is posted again. A connection reads at most `READ_BUDGET` bytes per
+//!   wait, then waits its turn (the loop is shared with the poll backend: `sys/reader.rs`).
 //! - **send**: one `WSASend` gathering the queued messages as several `WSABUF`s.
 //! - **cancel**: `CancelIoEx` on the operation's `OVERLAPPED`; its completion still arrives.
 //! - **wait**: `GetQueuedCompletionStatusEx`; **wake-up**: `PostQueuedCompletionStatus`.
@@ -41,8 +41,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use socket2::Socket;
 use windows_sys::Win32::Foundation::{
-    CloseHandle, ERROR_OPERATION_ABORTED, FALSE, GetLastError, HANDLE, WAIT_TIMEOUT,
+    CloseHandle, ERROR_OPERATION_ABORTED, FALSE, HANDLE, WAIT_TIMEOUT,
 };
 use windows_sys::Win32::Networking::WinSock::{INVALID_SOCKET, SOCKET, WSAECONNABORTED};
 use windows_sys::Win32::System::IO::{
@@ -50,6 +51,7 @@ use windows_sys::Win32::System::IO::{
 };
 use windows_sys::Win32::System::Threading::INFINITE;
 
+use super::reader::{ReadEnd, Reader, final_completion};
 use super::{Completion, Raw, WakeInner, Waker};
 use crate::config::{Config, Features};
 use crate::token::{Op, Token};
@@ -64,12 +66,6 @@ const KEY_LISTENER: usize = 2;
 /// Completion key of wake-up packets (`PostQueuedCompletionStatus`).
 const KEY_WAKE: usize = 3;
 
-/// The scratch receive buffer is at least this large, whatever `recv_buffer_size` says.
-const MIN_SCRATCH: usize = 64 * 1024;
-/// Bytes one connection may read in one wait before the others get their turn.
-const READ_BUDGET: usize = 256 * 1024;
-/// Reads one connection may do in one wait before the others get their turn.
-const READS_PER_WAIT: u32 = 8;
 /// Packets taken from the port by one `GetQueuedCompletionStatusEx`.
 const ENTRIES: usize = 256;
 /// How long a dropped port waits for its cancelled accepts before leaking their buffers.
@@ -94,14 +90,11 @@ struct Conns {
     slots: Box<[Slot]>,
     /// Two per slot: `2 i` for its receive, `2 i + 1` for its send. `None` once leaked.
     overlapped: Option<Table<OVERLAPPED>>,
-    /// The receive buffer of every connection, lent to the callback for one read at a time.
-    scratch: Box<[u8]>,
     /// Completions produced outside a wait, delivered by the next one.
     ready: VecDeque<Completion<'static>>,
-    /// Slots to read in the next wait: they have data, and no packet will say so again.
-    readable: Vec<u32>,
-    /// The list being worked through by the current wait.
-    reading: Vec<u32>,
+    /// The receive buffer of every connection, and the slots to read in the next wait (they
+    /// have data, and no packet will say so again).
+    reader: Reader<u32>,
 }
 
 /// Where a slot's receive stands.
@@ -172,7 +165,6 @@ impl Port {
             )),
             ..Features::default()
         };
-        let scratch = vec![0; (config.recv_buffer_size as usize).max(MIN_SCRATCH)];
         let port = Port {
             waker: Arc::new(IocpWaker {
                 port: handle.clone(),
@@ -187,10 +179,8 @@ impl Port {
                 port: handle.0,
                 slots: (0..capacity).map(|_| Slot::default()).collect(),
                 overlapped: Some(Table::new(2 * capacity)),
-                scratch: scratch.into_boxed_slice(),
                 ready: VecDeque::new(),
-                readable: Vec::new(),
-                reading: Vec::new(),
+                reader: Reader::new(config),
             },
             handle,
             leak: false,
@@ -222,12 +212,11 @@ impl Port {
             )
         };
         if ok == FALSE {
-            // SAFETY: reads this thread's last error.
-            let code = unsafe { GetLastError() };
-            if code == WAIT_TIMEOUT {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(WAIT_TIMEOUT as i32) {
                 return Ok(0);
             }
-            return Err(io::Error::from_raw_os_error(code as i32));
+            return Err(e);
         }
         Ok(n as usize)
     }
@@ -235,7 +224,6 @@ impl Port {
     /// Cancels the pending accepts of a port being dropped and waits (briefly) for them, so that
     /// their buffers can be freed.
     fn drain_accepts(&mut self) {
-        self.acceptor.cancel(&mut |_, _| {});
         let deadline = Instant::now() + DROP_DRAIN;
         while self.acceptor.has_outstanding() && Instant::now() < deadline {
             self.acceptor.deliver_done(&mut |_, _| {});
@@ -253,14 +241,14 @@ impl Port {
     }
 }
 
-impl super::Port for Port {
-    fn accept(&mut self, listener: Raw) {
+// SAFETY: see the module documentation and the comments at each operation: every operation
+// completes once through `wait`, sends read the caller's bytes only until their completion, and
+// receive buffers are kept (or leaked) while the kernel may write them.
+unsafe impl super::Port for Port {
+    fn accept(&mut self, listener: &Socket) {
         let ready = &mut self.conns.ready;
-        self.acceptor.arm(
-            self.handle.0,
-            listener as SOCKET,
-            &mut accept::queue_into(ready),
-        );
+        self.acceptor
+            .arm(self.handle.0, listener, &mut accept::queue_into(ready));
     }
 
     fn cancel_accept(&mut self) {
@@ -365,6 +353,25 @@ impl super::Port for Port {
         }
     }
 
+    fn release(&mut self, index: u32, socket: Option<Socket>, _reset: bool) {
+        // Forget the connection: the next one in the slot (whatever its handle's value, which
+        // Windows may give again) is associated and set up anew.
+        if let Some(slot) = self.conns.slots.get_mut(index as usize) {
+            // A hard check: forgetting a pending operation would let its `OVERLAPPED` be handed
+            // to the kernel again.
+            assert!(
+                !slot.is_busy(),
+                "slot released while an operation is outstanding"
+            );
+            *slot = Slot {
+                // A stale list entry of the connection is still to be skipped.
+                listed: slot.listed,
+                ..Slot::default()
+            };
+        }
+        drop(socket);
+    }
+
     fn leak_buffers(&mut self) {
         self.leak = true;
     }
@@ -381,12 +388,12 @@ impl super::Port for Port {
         self.acceptor
             .deliver_done(&mut |result, more| sink(Completion::Accept { result, more }));
         // Accepts posted again by `deliver_done` may have completed at once too.
-        busy |= !self.conns.readable.is_empty() || self.acceptor.has_done();
+        busy |= self.conns.reader.has_readable() || self.acceptor.has_done();
         let n = self.dequeue(if busy { Some(Duration::ZERO) } else { timeout })?;
 
         // Slots left over from the last wait are read after the new packets, in one pass each.
         let c = &mut self.conns;
-        std::mem::swap(&mut c.readable, &mut c.reading);
+        c.reader.begin_wait();
         for i in 0..n {
             let entry = self.entries[i];
             match entry.lpCompletionKey {
@@ -409,7 +416,7 @@ impl super::Port for Port {
             }
         }
         let c = &mut self.conns;
-        let mut reading = std::mem::take(&mut c.reading);
+        let mut reading = c.reader.take_this_wait();
         for index in reading.drain(..) {
             let index = index as usize;
             let slot = &mut c.slots[index];
@@ -418,7 +425,7 @@ impl super::Port for Port {
                 c.read(index, sink);
             }
         }
-        c.reading = reading;
+        c.reader.end_wait(reading);
         Ok(())
     }
 
@@ -473,7 +480,7 @@ impl Conns {
                 slot.recv = RecvState::Readable;
                 if !slot.listed {
                     slot.listed = true;
-                    self.readable.push(index as u32);
+                    self.reader.read_next_wait(index as u32);
                 }
             }
             Ok(Started::Done(_) | Started::Pending) => slot.recv = RecvState::Pending,
@@ -540,7 +547,7 @@ impl Conns {
                 slot.recv = RecvState::Readable;
                 if !slot.listed {
                     slot.listed = true;
-                    self.reading.push(index as u32);
+                    self.reader.read_this_wait(index as u32);
                 }
             }
             Err(e) => {
@@ -559,42 +566,24 @@ impl Conns {
     fn read(&mut self, index: usize, sink: &mut dyn FnMut(Completion<'_>)) {
         let token = self.slots[index].token(Op::Recv, index);
         let socket = self.slots[index].socket;
-        let mut budget = READ_BUDGET;
-        let mut reads = 0;
-        loop {
-            if reads == READS_PER_WAIT || budget == 0 {
+        let result = match self
+            .reader
+            .read(token, false, |buf| socket::recv_now(socket, buf), sink)
+        {
+            ReadEnd::Budget => {
                 // More may be waiting, and no packet will say so: come back next wait.
-                let slot = &mut self.slots[index];
-                slot.listed = true;
-                self.readable.push(index as u32);
+                self.slots[index].listed = true;
+                self.reader.read_next_wait(index as u32);
                 return;
             }
-            let result = match socket::recv_now(socket, &mut self.scratch) {
-                Ok(0) => Ok(&[][..]),
-                Ok(n) => {
-                    reads += 1;
-                    budget = budget.saturating_sub(n);
-                    sink(Completion::Recv {
-                        token,
-                        result: Ok(&self.scratch[..n]),
-                        more: true,
-                    });
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match self.post_recv(index) {
-                    Ok(()) => return,
-                    Err(e) => Err(e),
-                },
+            ReadEnd::Drained | ReadEnd::Short => match self.post_recv(index) {
+                Ok(()) => return,
                 Err(e) => Err(e),
-            };
-            self.slots[index].recv = RecvState::Idle;
-            sink(Completion::Recv {
-                token,
-                result,
-                more: false,
-            });
-            return;
-        }
+            },
+            ReadEnd::Over(result) => result,
+        };
+        self.slots[index].recv = RecvState::Idle;
+        sink(final_completion(token, result));
     }
 }
 
@@ -610,6 +599,9 @@ impl Drop for Port {
                 table.leak();
             }
         }
+        // Posted accepts are cancelled in any case: left posted, they would accept clients into
+        // sockets nobody sees.
+        self.acceptor.cancel(&mut |_, _| {});
         if self.acceptor.has_outstanding() && !self.leak {
             self.drain_accepts();
         }
@@ -668,11 +660,9 @@ impl WakeInner for IocpWaker {
         // waker holds it).
         let ok = unsafe { PostQueuedCompletionStatus(self.port.0, 0, KEY_WAKE, ptr::null()) };
         if ok == FALSE {
+            let e = io::Error::last_os_error();
             self.pending.store(false, Ordering::Release);
-            // SAFETY: reads this thread's last error.
-            return Err(io::Error::from_raw_os_error(
-                unsafe { GetLastError() } as i32
-            ));
+            return Err(e);
         }
         Ok(())
     }

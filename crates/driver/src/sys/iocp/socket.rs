@@ -2,19 +2,22 @@
 //! handling.
 
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::ptr;
-use std::sync::Once;
+use std::sync::{Once, OnceLock};
 
 use windows_sys::Win32::Foundation::{
-    ERROR_IO_PENDING, ERROR_NOT_FOUND, FALSE, GetLastError, HANDLE, INVALID_HANDLE_VALUE, TRUE,
+    CompareObjectHandles, ERROR_IO_PENDING, ERROR_NOT_FOUND, FALSE, HANDLE, INVALID_HANDLE_VALUE,
+    TRUE,
 };
 use windows_sys::Win32::Networking::WinSock::{
-    AF_INET, AF_INET6, FIONBIO, INVALID_SOCKET, IPPROTO_TCP, SO_UPDATE_ACCEPT_CONTEXT, SOCK_STREAM,
-    SOCKADDR, SOCKADDR_IN, SOCKADDR_IN6, SOCKADDR_STORAGE, SOCKET, SOCKET_ERROR, SOL_SOCKET,
-    WSA_FLAG_NO_HANDLE_INHERIT, WSA_FLAG_OVERLAPPED, WSA_IO_PENDING, WSABUF, WSADATA,
-    WSAEWOULDBLOCK, WSAGetLastError, WSAGetOverlappedResult, WSARecv, WSASend, WSASocketW,
-    WSAStartup, closesocket, getsockname, ioctlsocket, recv, setsockopt,
+    AF_INET, AF_INET6, FIONBIO, INVALID_SOCKET, IPPROTO_TCP, SIO_BASE_HANDLE,
+    SO_UPDATE_ACCEPT_CONTEXT, SOCK_STREAM, SOCKADDR, SOCKADDR_IN, SOCKADDR_IN6, SOCKADDR_STORAGE,
+    SOCKET, SOCKET_ERROR, SOL_SOCKET, WSA_FLAG_NO_HANDLE_INHERIT, WSA_FLAG_OVERLAPPED,
+    WSA_IO_PENDING, WSABUF, WSADATA, WSAEWOULDBLOCK, WSAEnumProtocolsW, WSAGetLastError,
+    WSAGetOverlappedResult, WSAIoctl, WSAPROTOCOL_INFOW, WSARecv, WSASend, WSASocketW, WSAStartup,
+    XP1_IFS_HANDLES, closesocket, getsockname, ioctlsocket, recv, setsockopt,
 };
 use windows_sys::Win32::Storage::FileSystem::SetFileCompletionNotificationModes;
 use windows_sys::Win32::System::IO::{CancelIoEx, CreateIoCompletionPort, OVERLAPPED};
@@ -32,21 +35,108 @@ fn wsa_error() -> io::Error {
     io::Error::from_raw_os_error(unsafe { WSAGetLastError() })
 }
 
-/// The last Win32 error as an `io::Error`.
+/// The last Win32 error as an `io::Error` (`GetLastError`).
 fn last_error() -> io::Error {
-    // SAFETY: reads this thread's last error; no memory is involved.
-    io::Error::from_raw_os_error(unsafe { GetLastError() } as i32)
+    io::Error::last_os_error()
+}
+
+/// Whether every TCP provider, base or layered, hands out IFS handles (`XP1_IFS_HANDLES`):
+/// real file handles of the kernel's socket driver, on which `SetFileCompletionNotificationModes`
+/// and `CancelIoEx` do what they say. A non-IFS layered provider (an old firewall or proxy LSP)
+/// completes operations itself: there skip-on-success can lose a packet, or deliver one for an
+/// operation that already completed at once (its `OVERLAPPED` then serves two operations).
+/// Checked once per process with `WSAEnumProtocolsW`, as Go's `internal/poll` and libuv do.
+pub(super) fn ifs_handles() -> bool {
+    static IFS: OnceLock<bool> = OnceLock::new();
+    *IFS.get_or_init(|| {
+        startup();
+        let protocols = [IPPROTO_TCP, 0];
+        let mut infos = vec![MaybeUninit::<WSAPROTOCOL_INFOW>::uninit(); 64];
+        let mut len = (infos.len() * size_of::<WSAPROTOCOL_INFOW>()) as u32;
+        // SAFETY:
+        // - the protocol list is zero-terminated, and `infos` is writable for `len` bytes;
+        // - on success the call returns how many entries it wrote, from the start of `infos`,
+        //   so those are initialised (the closure reads only them).
+        let flags: Option<Vec<u32>> = unsafe {
+            let n = WSAEnumProtocolsW(protocols.as_ptr(), infos.as_mut_ptr().cast(), &mut len);
+            (n != SOCKET_ERROR).then(|| {
+                infos[..n as usize]
+                    .iter()
+                    .map(|info| info.assume_init_ref().dwServiceFlags1)
+                    .collect()
+            })
+        };
+        match flags {
+            Some(flags) if flags.iter().all(|f| f & XP1_IFS_HANDLES != 0) => true,
+            Some(_) => {
+                tracing::info!(
+                    "iocp: a TCP socket provider without IFS handles (a layered provider) is \
+                     installed: every operation posts a packet (no skip-on-success)"
+                );
+                false
+            }
+            None => {
+                tracing::warn!(
+                    error = %wsa_error(),
+                    "iocp: WSAEnumProtocolsW failed; every operation posts a packet"
+                );
+                false
+            }
+        }
+    })
+}
+
+/// The base provider's handle of `socket` (`SIO_BASE_HANDLE`): the kernel's own socket under any
+/// layered provider, which `CancelIoEx` can find operations on.
+pub(super) fn base_handle(socket: SOCKET) -> io::Result<SOCKET> {
+    let mut base = INVALID_SOCKET;
+    let mut bytes = 0u32;
+    // SAFETY: no input; the output is a `SOCKET` local of the size given; no `OVERLAPPED`.
+    let r = unsafe {
+        WSAIoctl(
+            socket,
+            SIO_BASE_HANDLE,
+            ptr::null(),
+            0,
+            (&mut base as *mut SOCKET).cast(),
+            size_of::<SOCKET>() as u32,
+            &mut bytes,
+            ptr::null_mut(),
+            None,
+        )
+    };
+    if r != 0 {
+        return Err(wsa_error());
+    }
+    Ok(base)
+}
+
+/// Whether two socket handles name the same socket (duplicates of one another), by the kernel
+/// object they refer to (`CompareObjectHandles`; the base handles under a layered provider).
+pub(super) fn same_socket(a: SOCKET, b: SOCKET) -> bool {
+    if a == b {
+        return true;
+    }
+    let (a, b) = if ifs_handles() {
+        (a, b)
+    } else {
+        match (base_handle(a), base_handle(b)) {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => return false,
+        }
+    };
+    // SAFETY: compares two handle values; an invalid one makes the call return false.
+    unsafe { CompareObjectHandles(a as HANDLE, b as HANDLE) != FALSE }
 }
 
 /// Starts Winsock once for the process (never stopped: sockets may outlive any one port).
 pub(super) fn startup() {
     static START: Once = Once::new();
     START.call_once(|| {
-        // SAFETY: `WSADATA` is plain old data, written by `WSAStartup`.
-        let mut data: WSADATA = unsafe { std::mem::zeroed() };
-        // SAFETY: `data` is a valid, writable `WSADATA` for the call. A failure is seen again by
-        // the first socket call, which reports it.
-        let _ = unsafe { WSAStartup(0x0202, &mut data) };
+        let mut data = MaybeUninit::<WSADATA>::uninit();
+        // SAFETY: `data` is writable for a `WSADATA`, which the call fills (it is not read
+        // here). A failure is seen again by the first socket call, which reports it.
+        let _ = unsafe { WSAStartup(0x0202, data.as_mut_ptr()) };
     });
 }
 
@@ -76,7 +166,13 @@ pub(super) fn associate(port: HANDLE, socket: SOCKET, key: usize) -> io::Result<
 /// FILE_SKIP_SET_EVENT_ON_HANDLE)`: an operation that succeeds at once posts no packet, and the
 /// socket's internal event is not signalled. Returns whether the mode is in effect; when it is not,
 /// every operation, even one that succeeded at once, posts a packet, and the backend waits for it.
+///
+/// Only where every TCP provider hands out IFS handles ([`ifs_handles`]): Microsoft documents the
+/// mode as safe only then, and the call's success proves nothing.
 pub(super) fn skip_completion_on_success(socket: SOCKET) -> bool {
+    if !ifs_handles() {
+        return false;
+    }
     let flags = (FILE_SKIP_COMPLETION_PORT_ON_SUCCESS | FILE_SKIP_SET_EVENT_ON_HANDLE) as u8;
     // SAFETY: passes a handle and flags; a bad handle is reported as an error.
     let ok = unsafe { SetFileCompletionNotificationModes(socket as HANDLE, flags) } != FALSE;
@@ -137,18 +233,13 @@ pub(super) unsafe fn send(
         len: 0,
         buf: ptr::null_mut(),
     }; MAX_WSABUFS];
-    let mut count = 0;
-    for (dst, src) in wsabufs.iter_mut().zip(bufs) {
-        // A slice longer than 4 GiB is sent in part; nothing after it is gathered.
-        let len = u32::try_from(src.len()).unwrap_or(u32::MAX);
+    let mut lens = [0u32; MAX_WSABUFS];
+    let count = gather(bufs.iter().map(|b| b.len()), &mut lens);
+    for ((dst, src), &len) in wsabufs.iter_mut().zip(bufs).zip(&lens[..count]) {
         *dst = WSABUF {
             len,
             buf: src.as_ptr().cast_mut(),
         };
-        count += 1;
-        if len as usize != src.len() {
-            break;
-        }
     }
     let mut sent = 0u32;
     // SAFETY:
@@ -169,6 +260,28 @@ pub(super) unsafe fn send(
         )
     };
     started(r, sent)
+}
+
+/// The lengths of the `WSABUF`s that gather buffers of `lens` bytes into one `WSASend` (at most
+/// `out.len()` of them), and how many there are. The byte count of one `WSASend` is a `u32`:
+/// gathering stops before the total passes `u32::MAX` (the last buffer taken may be cut short),
+/// and what is left over is a partial send, which the caller continues.
+pub(super) fn gather(lens: impl Iterator<Item = usize>, out: &mut [u32]) -> usize {
+    let mut room = u32::MAX;
+    let mut count = 0;
+    for (dst, len) in out.iter_mut().zip(lens) {
+        if room == 0 {
+            break;
+        }
+        let take = u32::try_from(len).unwrap_or(u32::MAX).min(room);
+        *dst = take;
+        count += 1;
+        room -= take;
+        if take as usize != len {
+            break;
+        }
+    }
+    count
 }
 
 fn started(r: i32, bytes: u32) -> io::Result<Started> {
@@ -199,15 +312,22 @@ pub(super) fn recv_now(socket: SOCKET, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
-/// Asks the pending operation of `overlapped` on `handle` to end early (`CancelIoEx`). Returns
-/// false when there was nothing to cancel: the operation has completed and its packet is on the
-/// way, or it was never started.
+/// Asks the pending operation of `overlapped` on `handle` to end early (`CancelIoEx`, on the base
+/// provider's handle where a layered provider is not IFS, as libuv does). Returns false when
+/// there was nothing to cancel: the operation has completed and its packet is on the way, or it
+/// was never started. Any other failure is logged as a warning: the operation then runs until it
+/// ends by itself (a connection being closed waits for it).
 ///
 /// # Safety
 ///
 /// `overlapped` must be the address of an `OVERLAPPED` of this port (it is only compared, never
 /// written, by the call).
 pub(super) unsafe fn cancel(handle: SOCKET, overlapped: *const OVERLAPPED) -> bool {
+    let handle = if ifs_handles() {
+        handle
+    } else {
+        base_handle(handle).unwrap_or(handle)
+    };
     // SAFETY: `CancelIoEx` looks the address up among the handle's pending operations; it does
     // not dereference it.
     if unsafe { CancelIoEx(handle as HANDLE, overlapped) } != FALSE {
@@ -215,7 +335,7 @@ pub(super) unsafe fn cancel(handle: SOCKET, overlapped: *const OVERLAPPED) -> bo
     }
     let e = last_error();
     if e.raw_os_error() != Some(ERROR_NOT_FOUND as i32) {
-        tracing::debug!(error = %e, "iocp: CancelIoEx failed");
+        tracing::warn!(error = %e, "iocp: CancelIoEx failed; the operation runs on");
     }
     false
 }
@@ -308,23 +428,19 @@ pub(super) fn update_accept_context(accepted: SOCKET, listener: SOCKET) -> io::R
 
 /// The local address of `socket`.
 pub(super) fn local_addr(socket: SOCKET) -> io::Result<SocketAddr> {
-    // SAFETY: `SOCKADDR_STORAGE` is plain old data; all zeroes is valid.
-    let mut storage: SOCKADDR_STORAGE = unsafe { std::mem::zeroed() };
+    let mut storage = MaybeUninit::<SOCKADDR_STORAGE>::zeroed();
     let mut len = size_of::<SOCKADDR_STORAGE>() as i32;
-    // SAFETY: Winsock writes at most `len` bytes into `storage` and the length into `len`.
-    let r = unsafe {
-        getsockname(
-            socket,
-            (&mut storage as *mut SOCKADDR_STORAGE).cast(),
-            &mut len,
-        )
+    // SAFETY:
+    // - Winsock writes at most `len` bytes into `storage` and the length into `len`;
+    // - on success `storage` holds `len` bytes of a socket address (and zeroes after them), which
+    //   is what `to_socket_addr` reads.
+    let addr = unsafe {
+        if getsockname(socket, storage.as_mut_ptr().cast(), &mut len) != 0 {
+            return Err(wsa_error());
+        }
+        to_socket_addr(storage.as_ptr().cast(), len)
     };
-    if r != 0 {
-        return Err(wsa_error());
-    }
-    // SAFETY: `storage` holds `len` bytes of a socket address written by `getsockname`.
-    unsafe { to_socket_addr((&storage as *const SOCKADDR_STORAGE).cast(), len) }
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IPv4 or IPv6 socket"))
+    addr.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IPv4 or IPv6 socket"))
 }
 
 /// An IPv4 or IPv6 socket address from Winsock's representation.
@@ -341,17 +457,24 @@ pub(super) unsafe fn to_socket_addr(addr: *const SOCKADDR, len: i32) -> Option<S
     let family = unsafe { ptr::addr_of!((*addr).sa_family).read_unaligned() };
     match family {
         AF_INET if len >= size_of::<SOCKADDR_IN>() as i32 => {
-            // SAFETY: `len` covers a whole `SOCKADDR_IN`; plain old data, read unaligned.
-            let a = unsafe { addr.cast::<SOCKADDR_IN>().read_unaligned() };
-            // SAFETY: every variant of the `IN_ADDR` union is plain bytes.
-            let ip = Ipv4Addr::from(unsafe { a.sin_addr.S_un.S_addr }.to_ne_bytes());
+            // SAFETY:
+            // - `len` covers a whole `SOCKADDR_IN`; plain old data, read unaligned;
+            // - every variant of the `IN_ADDR` union is plain bytes.
+            let (a, ip) = unsafe {
+                let a = addr.cast::<SOCKADDR_IN>().read_unaligned();
+                (a, a.sin_addr.S_un.S_addr)
+            };
+            let ip = Ipv4Addr::from(ip.to_ne_bytes());
             Some(SocketAddrV4::new(ip, u16::from_be(a.sin_port)).into())
         }
         AF_INET6 if len >= size_of::<SOCKADDR_IN6>() as i32 => {
-            // SAFETY: `len` covers a whole `SOCKADDR_IN6`; plain old data, read unaligned.
-            let a = unsafe { addr.cast::<SOCKADDR_IN6>().read_unaligned() };
-            // SAFETY: every variant of these unions is plain bytes.
-            let (ip, scope) = unsafe { (a.sin6_addr.u.Byte, a.Anonymous.sin6_scope_id) };
+            // SAFETY:
+            // - `len` covers a whole `SOCKADDR_IN6`; plain old data, read unaligned;
+            // - every variant of its unions is plain bytes.
+            let (a, ip, scope) = unsafe {
+                let a = addr.cast::<SOCKADDR_IN6>().read_unaligned();
+                (a, a.sin6_addr.u.Byte, a.Anonymous.sin6_scope_id)
+            };
             Some(
                 SocketAddrV6::new(
                     Ipv6Addr::from(ip),

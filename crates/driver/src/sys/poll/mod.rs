@@ -11,7 +11,8 @@
 //! - **receive**: the socket is registered for reading; on each edge `recv` runs into one scratch
 //!   buffer shared by every connection, so an idle connection holds no buffer. Each read is
 //!   lent to the callback as `Recv { more: true }`; end of stream and errors end the receive. A
-//!   connection reads at most [`READ_BUDGET`] bytes per wait, then waits its turn.
+//!   connection reads at most `READ_BUDGET` bytes per wait, then waits its turn (the loop is
+//!   shared with the IOCP backend: `sys/reader.rs`).
 //! - **send**: `sendmsg` runs at once, in [`Port::send`](super::Port::send); its result is queued
 //!   and delivered by the next wait. When the socket takes nothing, the socket is watched for
 //!   writing and the send completes with 0 bytes when it is writable; the owner sends again.
@@ -34,17 +35,12 @@ use std::time::Duration;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Registry};
 
+use super::reader::{ReadEnd, Reader, final_completion};
 use super::{Completion, Raw, WakeInner, Waker};
 use crate::config::Config;
 use crate::token::{Op, Token};
 use slot::{LISTENER, SendState, Slot, WAKER};
 
-/// The scratch receive buffer is at least this large, whatever `recv_buffer_size` says.
-const MIN_SCRATCH: usize = 64 * 1024;
-/// Bytes one connection may read in one wait before the others get their turn.
-const READ_BUDGET: usize = 256 * 1024;
-/// Reads one connection may do in one wait before the others get their turn.
-const READS_PER_WAIT: u32 = 8;
 /// Connections accepted in one wait before the connections already open get their turn.
 const ACCEPTS_PER_WAIT: u32 = 128;
 /// Readiness events taken from the poller in one wait.
@@ -61,14 +57,11 @@ pub(crate) struct Port {
 /// Everything but the poller, so that it can be borrowed while the poller's events are read.
 struct State {
     slots: Box<[Slot]>,
-    /// The receive buffer of every connection, lent to the callback for one read at a time.
-    scratch: Box<[u8]>,
+    /// The receive buffer of every connection, and the receives to read again without waiting
+    /// for an edge (just armed, or stopped by the budget).
     /// Completions produced outside a wait (by `send` and `cancel`), delivered by the next one.
     ready: VecDeque<Completion<'static>>,
-    /// Receives to read again without waiting for an edge: just armed, or stopped by the budget.
-    readable: Vec<Token>,
-    /// The list being worked through by the current wait (kept to reuse its allocation).
-    reading: Vec<Token>,
+    reader: Reader<Token>,
     listener: Listener,
 }
 
@@ -88,17 +81,14 @@ impl Port {
     pub(crate) fn new(config: &Config) -> io::Result<Port> {
         let poll = mio::Poll::new()?;
         let waker = Arc::new(PollWaker(mio::Waker::new(poll.registry(), WAKER)?));
-        let scratch = vec![0; (config.recv_buffer_size as usize).max(MIN_SCRATCH)];
         Ok(Port {
             poll,
             events: Events::with_capacity(EVENTS),
             waker,
             state: State {
                 slots: (0..config.capacity).map(|_| Slot::default()).collect(),
-                scratch: scratch.into_boxed_slice(),
+                reader: Reader::new(config),
                 ready: VecDeque::new(),
-                readable: Vec::new(),
-                reading: Vec::new(),
                 listener: Listener {
                     fd: -1,
                     armed: false,
@@ -110,8 +100,12 @@ impl Port {
     }
 }
 
-impl super::Port for Port {
-    fn accept(&mut self, listener: Raw) {
+// SAFETY: see the module documentation and the comments at each operation: every operation
+// completes once through `wait`, sends read the caller's bytes only until their completion, and
+// receive buffers are kept (or leaked) while the kernel may write them.
+unsafe impl super::Port for Port {
+    fn accept(&mut self, listener: &socket2::Socket) {
+        let listener = super::raw(listener);
         let registry = self.poll.registry();
         let l = &mut self.state.listener;
         if l.registered && l.fd != listener {
@@ -169,7 +163,7 @@ impl super::Port for Port {
         slot.drain = true;
         if !slot.listed {
             slot.listed = true;
-            self.state.readable.push(token);
+            self.state.reader.read_next_wait(token);
         }
     }
 
@@ -268,7 +262,7 @@ impl super::Port for Port {
         } = self;
         let delivered = state.deliver_ready(sink);
         let busy = delivered
-            || !state.readable.is_empty()
+            || state.reader.has_readable()
             || (state.listener.armed && state.listener.ready);
         let timeout = if busy { Some(Duration::ZERO) } else { timeout };
         match poll.poll(events, timeout) {
@@ -279,7 +273,7 @@ impl super::Port for Port {
         let registry = poll.registry();
         // Connections left over from the last wait are read after the new events, in one pass
         // each; those that run out of budget again go back to `readable`.
-        std::mem::swap(&mut state.readable, &mut state.reading);
+        state.reader.begin_wait();
         for event in events.iter() {
             match event.token() {
                 WAKER => sink(Completion::Wake),
@@ -290,7 +284,7 @@ impl super::Port for Port {
         if state.listener.armed && state.listener.ready {
             state.accept(registry, sink);
         }
-        let mut reading = std::mem::take(&mut state.reading);
+        let mut reading = state.reader.take_this_wait();
         for token in reading.drain(..) {
             let index = token.conn().index as usize;
             let slot = &mut state.slots[index];
@@ -302,7 +296,7 @@ impl super::Port for Port {
                 state.read(registry, index, sink);
             }
         }
-        state.reading = reading;
+        state.reader.end_wait(reading);
         Ok(())
     }
 
@@ -374,54 +368,32 @@ impl State {
     fn read(&mut self, registry: &Registry, index: usize, sink: &mut dyn FnMut(Completion<'_>)) {
         let slot = &mut self.slots[index];
         let token = slot.token(Op::Recv, index);
-        let mut budget = READ_BUDGET;
-        let mut reads = 0;
-        loop {
-            if reads == READS_PER_WAIT || budget == 0 {
+        let fd = slot.fd;
+        // A short read emptied the socket: what comes next raises a new edge. Only the end of
+        // stream or an error after data would raise none, so read on to `EAGAIN` then.
+        let stop_at_short = !slot.drain;
+        match self
+            .reader
+            .read(token, stop_at_short, |buf| net::recv(fd, buf), sink)
+        {
+            ReadEnd::Short => {}
+            ReadEnd::Drained => slot.drain = false,
+            ReadEnd::Budget => {
                 // More may be waiting, and no new edge will say so: come back next wait.
                 #[cfg(test)]
                 tests::count_read_budget_spent();
                 slot.listed = true;
-                self.readable.push(token);
-                return;
+                self.reader.read_next_wait(token);
             }
-            let result = match net::recv(slot.fd, &mut self.scratch) {
-                Ok(0) => Ok(&[][..]),
-                Ok(n) => {
-                    reads += 1;
-                    budget = budget.saturating_sub(n);
-                    sink(Completion::Recv {
-                        token,
-                        result: Ok(&self.scratch[..n]),
-                        more: true,
-                    });
-                    // A short read emptied the socket: what comes next raises a new edge. Only
-                    // the end of stream or an error after this data would raise none.
-                    if n < self.scratch.len() && !slot.drain {
-                        return;
-                    }
-                    continue;
+            ReadEnd::Over(result) => {
+                // Stop watching before the owner, told so, may close the socket.
+                slot.recv = false;
+                slot.drain = false;
+                if let Err(e) = slot.sync(registry, index) {
+                    tracing::debug!(fd, error = %e, "poll: cannot stop watching for reading");
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    slot.drain = false;
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => Err(e),
-            };
-            // End of stream or an error: the receive is over. Stop watching before the owner,
-            // told so, may close the socket.
-            slot.recv = false;
-            slot.drain = false;
-            if let Err(e) = slot.sync(registry, index) {
-                tracing::debug!(fd = slot.fd, error = %e, "poll: cannot stop watching for reading");
+                sink(final_completion(token, result));
             }
-            sink(Completion::Recv {
-                token,
-                result,
-                more: false,
-            });
-            return;
         }
     }
 

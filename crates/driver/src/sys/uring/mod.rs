@@ -17,8 +17,9 @@
 mod bufring;
 mod probe;
 
-use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::fs::File;
+use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ use socket2::Socket;
 use super::{Completion, WakeInner, Waker};
 use crate::config::{Config, Features};
 use crate::token::{Op, Token};
-use bufring::BufRing;
+use bufring::{Buffers, Ring};
 
 pub(crate) use probe::explain_failure;
 
@@ -43,13 +44,11 @@ const MSG_ARENA: usize = 256;
 const BUFFER_GROUP: u16 = 0;
 
 pub(crate) struct Port {
-    ring: IoUring,
-    /// Receive buffers of multishot receives.
-    bufs: Option<BufRing>,
-    /// Buffers of one-shot receives, by connection index (fall-back path).
-    oneshot: Vec<Option<Box<[u8]>>>,
-    spare: Vec<Box<[u8]>>,
-    recv_size: usize,
+    /// The io_uring, and the receive buffers of multishot receives registered with it.
+    ring: Ring,
+    /// Buffers of one-shot receives, one per connection slot (the fall-back path, without a
+    /// buffer ring).
+    oneshot: Option<Buffers>,
     /// Receives outstanding: the kernel may write into `bufs` or `oneshot` while this is non-zero.
     recvs: usize,
     multishot_accept: bool,
@@ -61,6 +60,9 @@ pub(crate) struct Port {
     wake: Arc<EventFd>,
     wake_armed: bool,
     leak: bool,
+    /// Why submitting failed, if it did: the ring is unusable from then on, and every
+    /// [`super::Port::wait`] reports it.
+    failed: Option<io::Error>,
     /// Whether each index of the ring's file table holds a connection's socket (empty: the
     /// ring has no table).
     files: Box<[bool]>,
@@ -149,14 +151,13 @@ impl Port {
                 )
             });
         }
-        let mut bufs = None;
+        let mut ring = Ring::new(ring);
         if kernel >= (6, 0) && !config.uring.no_multishot_recv {
             let count = config.recv_buffer_count.max(1).next_power_of_two();
-            match BufRing::new(&ring, BUFFER_GROUP, count, config.recv_buffer_size) {
-                Ok(b) => bufs = Some(b),
-                Err(e) => features
+            if let Err(e) = ring.register_buffers(BUFFER_GROUP, count, config.recv_buffer_size) {
+                features
                     .notes
-                    .push(format!("buffer ring registration failed: {e}")),
+                    .push(format!("buffer ring registration failed: {e}"));
             }
         } else {
             features.notes.push(if config.uring.no_multishot_recv {
@@ -168,7 +169,7 @@ impl Port {
                 )
             });
         }
-        features.multishot_recv = bufs.is_some();
+        features.multishot_recv = ring.bufs().is_some();
 
         let mut files: Box<[bool]> = Box::new([]);
         if config.uring.no_registered_files {
@@ -195,7 +196,7 @@ impl Port {
                     "the file table holds {slots} of {capacity} connections (RLIMIT_NOFILE)"
                 ));
             }
-            match ring.submitter().register_files_sparse(slots) {
+            match ring.uring().submitter().register_files_sparse(slots) {
                 Ok(()) => files = vec![false; slots as usize].into_boxed_slice(),
                 Err(e) => features
                     .notes
@@ -203,30 +204,42 @@ impl Port {
             }
         }
         features.registered_files = !files.is_empty();
-        if bufs.is_none() {
+        if ring.bufs().is_none() {
             features
                 .notes
                 .push("each armed receive holds a buffer".to_owned());
         }
 
-        // SAFETY: `eventfd` has no memory-safety preconditions; the result is checked.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if efd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `efd` is a fresh descriptor that nothing else owns.
-        let wake = Arc::new(EventFd(unsafe { OwnedFd::from_raw_fd(efd) }));
+        // SAFETY: `eventfd` has no memory-safety preconditions; its result, when not an error, is
+        // a fresh descriptor that nothing else owns, given to the `File`.
+        let efd = unsafe {
+            match libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) {
+                fd if fd < 0 => return Err(io::Error::last_os_error()),
+                fd => File::from_raw_fd(fd),
+            }
+        };
+        let wake = Arc::new(EventFd(efd));
 
-        let empty_msg = {
-            // SAFETY: `msghdr` is plain old data; all-zero is a valid value.
-            unsafe { std::mem::zeroed::<libc::msghdr>() }
+        let empty_msg = libc::msghdr {
+            msg_name: std::ptr::null_mut(),
+            msg_namelen: 0,
+            msg_iov: std::ptr::null_mut(),
+            msg_iovlen: 0,
+            msg_control: std::ptr::null_mut(),
+            msg_controllen: 0,
+            msg_flags: 0,
+        };
+        let oneshot = match ring.bufs() {
+            Some(_) => None,
+            None => Some(Buffers::new(
+                0,
+                config.capacity as usize,
+                config.recv_buffer_size.max(1) as usize,
+            )?),
         };
         let mut port = Port {
             ring,
-            bufs,
-            oneshot: (0..config.capacity).map(|_| None).collect(),
-            spare: Vec::new(),
-            recv_size: config.recv_buffer_size as usize,
+            oneshot,
             recvs: 0,
             multishot_accept: features.multishot_accept,
             listener: -1,
@@ -244,12 +257,15 @@ impl Port {
             wake,
             wake_armed: false,
             leak: false,
+            failed: None,
             files,
         };
         port.arm_wake();
         Ok((port, features))
     }
 
+    /// Queues `entry`. If the ring takes no more entries (submitting failed), the entry is
+    /// dropped: the port is broken, and the next wait reports why.
     fn push(&mut self, entry: &squeue::Entry) {
         loop {
             // SAFETY: every entry built by this backend points only at memory that outlives the
@@ -257,32 +273,43 @@ impl Port {
             // buffers (kept or leaked until no receive is outstanding), or header arenas whose
             // slots are given out again only once every entry that used them has been submitted
             // (`submit_queued` keeps them; `free_arenas` is called only with the queue empty).
-            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+            if unsafe { self.ring.uring_mut().submission().push(entry) }.is_ok() {
                 return;
             }
             // The entry being pushed may point into the arenas: submit what is queued before it,
             // but keep the arenas' slots taken.
-            self.submit_queued();
+            if !self.submit_queued() {
+                return;
+            }
         }
     }
 
     /// Submits every queued entry. The `sendmsg` arenas stay as they are: an entry about to be
-    /// pushed may point into them.
-    fn submit_queued(&mut self) {
+    /// pushed may point into them. Returns false if submitting failed (the ring is unusable:
+    /// `failed` says why).
+    fn submit_queued(&mut self) -> bool {
+        if self.failed.is_some() {
+            return false;
+        }
         loop {
-            match self.ring.submit() {
+            match self.ring.uring().submit() {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                     // The completion queue is full: the caller drains it on its next wait.
                 }
-                Err(e) => panic!("io_uring submit failed: {e}"),
+                Err(e) => {
+                    // `EEXIST`: a ring made for a single issuer, used from another thread.
+                    tracing::error!("io_uring submit failed: {e}");
+                    self.failed = Some(e);
+                    return false;
+                }
             }
-            if self.ring.submission().is_empty() {
-                break;
+            if self.ring.uring_mut().submission().is_empty() {
+                return true;
             }
             // Only a full completion queue stops the kernel taking entries: wait for room.
-            let _ = self.ring.submit_and_wait(1);
+            let _ = self.ring.uring().submit_and_wait(1);
         }
     }
 
@@ -290,7 +317,7 @@ impl Port {
     /// kernel has copied every header and iovec array of the entries it took
     /// (`IORING_FEAT_SUBMIT_STABLE`), and no entry not yet pushed points into them.
     fn free_arenas(&mut self) {
-        debug_assert!(self.ring.submission().is_empty());
+        debug_assert!(self.ring.uring_mut().submission().is_empty() || self.failed.is_some());
         self.iovecs_used = 0;
         self.msgs_used = 0;
     }
@@ -332,9 +359,12 @@ impl Port {
     }
 }
 
-impl super::Port for Port {
-    fn accept(&mut self, listener: RawFd) {
-        self.listener = listener;
+// SAFETY: see the module documentation and the comments at each operation: every operation
+// completes once through `wait`, sends read the caller's bytes only until their completion, and
+// receive buffers are kept (or leaked) while the kernel may write them.
+unsafe impl super::Port for Port {
+    fn accept(&mut self, listener: &Socket) {
+        self.listener = listener.as_raw_fd();
         self.arm_accept();
     }
 
@@ -352,6 +382,7 @@ impl super::Port for Port {
         debug_assert!(!*slot, "slot {index} was not released");
         match self
             .ring
+            .uring()
             .submitter()
             .register_files_update(index, &[socket.as_raw_fd()])
         {
@@ -369,22 +400,16 @@ impl super::Port for Port {
 
     fn recv(&mut self, fd: RawFd, token: Token) {
         let target = self.target(fd, token.conn().index);
-        let entry = if let Some(bufs) = &self.bufs {
+        let entry = if let Some(bufs) = self.ring.bufs() {
             on_target!(target, |fd| opcode::RecvMulti::new(fd, bufs.group).build())
         } else {
-            let index = token.conn().index as usize;
-            let size = self.recv_size;
-            let buf = self.oneshot[index].get_or_insert_with(|| {
-                self.spare
-                    .pop()
-                    .unwrap_or_else(|| vec![0; size].into_boxed_slice())
-            });
-            on_target!(target, |fd| opcode::Recv::new(
-                fd,
-                buf.as_mut_ptr(),
-                buf.len() as u32
-            )
-            .build())
+            let bufs = self
+                .oneshot
+                .as_ref()
+                .expect("one-shot buffers without a buffer ring");
+            let buf = bufs.ptr(token.conn().index as usize);
+            let len = bufs.size().min(u32::MAX as usize) as u32;
+            on_target!(target, |fd| opcode::Recv::new(fd, buf, len).build())
         };
         self.recvs += 1;
         self.push(&entry.user_data(token.0));
@@ -463,7 +488,12 @@ impl super::Port for Port {
         }
         let slot = &mut self.files[index as usize];
         // Dropping the table's reference closes the connection.
-        if let Err(e) = self.ring.submitter().register_files_update(index, &[-1]) {
+        if let Err(e) = self
+            .ring
+            .uring()
+            .submitter()
+            .register_files_update(index, &[-1])
+        {
             // Cannot fail for a valid index on a live ring; if it did, the connection would stay
             // open until the ring is dropped, so say so.
             tracing::error!(
@@ -483,15 +513,22 @@ impl super::Port for Port {
         timeout: Option<Duration>,
         sink: &mut dyn FnMut(Completion<'_>),
     ) -> io::Result<()> {
+        if let Some(e) = &self.failed {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("io_uring submit failed earlier: {e}"),
+            ));
+        }
         if !self.wake_armed {
             self.arm_wake();
         }
+        let ring = self.ring.uring();
         let result = match timeout {
-            None => self.ring.submit_and_wait(1),
+            None => ring.submit_and_wait(1),
             Some(t) => {
                 let ts = types::Timespec::from(t);
                 let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
+                ring.submitter().submit_with_args(1, &args)
             }
         };
         match result {
@@ -505,21 +542,20 @@ impl super::Port for Port {
         }
         // Everything queued was consumed by that enter (`IORING_SETUP_SUBMIT_ALL`), unless the
         // completion queue was full; then submit again after draining.
-        let pending_submissions = !self.ring.submission().is_empty();
+        let pending_submissions = !self.ring.uring_mut().submission().is_empty();
         if !pending_submissions {
             self.free_arenas();
         }
 
         let Port {
             ring,
-            bufs,
             oneshot,
-            spare,
             recvs,
             wake,
             wake_armed,
             ..
         } = self;
+        let (ring, mut bufs) = ring.parts();
         let mut cq = ring.completion();
         cq.sync();
         for cqe in &mut cq {
@@ -540,9 +576,12 @@ impl super::Port for Port {
                     if let Some(bufs) = bufs.as_mut() {
                         match (result, cqueue::buffer_select(flags)) {
                             (Ok(n), Some(bid)) => {
+                                // SAFETY: the kernel handed buffer `bid` back with this
+                                // completion; it is pushed back only after the callback.
+                                let data = unsafe { bufs.buffers().filled(usize::from(bid), n) };
                                 sink(Completion::Recv {
                                     token,
-                                    result: Ok(bufs.data(bid, n)),
+                                    result: Ok(data),
                                     more,
                                 });
                                 bufs.push(bid);
@@ -565,23 +604,26 @@ impl super::Port for Port {
                         }
                     } else {
                         let index = token.conn().index as usize;
-                        let buf = oneshot[index]
-                            .take()
-                            .expect("one-shot receive without buffer");
+                        let bufs = oneshot.as_ref().expect("one-shot receive without buffers");
+                        // SAFETY: this was the receive into the slot's buffer, and it is over
+                        // (one receive per slot at a time).
+                        let result = result.map(|n| unsafe { bufs.filled(index, n) });
                         sink(Completion::Recv {
                             token,
-                            result: result.map(|n| &buf[..n]),
+                            result,
                             more: false,
                         });
-                        spare.push(buf);
                     }
                 }
                 Some(Op::Send) => sink(Completion::Send {
                     token,
-                    result: if res < 0 {
-                        Err(io::Error::from_raw_os_error(-res))
-                    } else {
-                        Ok(res as usize)
+                    result: match res {
+                        // The socket is non-blocking: when a send armed for writable finds it
+                        // full again, the kernel gives up with `EAGAIN`. Nothing was sent; the
+                        // owner submits again, which waits for room anew.
+                        _ if res == -libc::EAGAIN => Ok(0),
+                        _ if res < 0 => Err(io::Error::from_raw_os_error(-res)),
+                        _ => Ok(res as usize),
                     },
                 }),
                 Some(Op::Accept) => {
@@ -594,15 +636,8 @@ impl super::Port for Port {
                     sink(Completion::Accept { result, more });
                 }
                 Some(Op::Wake) => {
-                    let mut counter = 0u64;
-                    // SAFETY: reads 8 bytes into a local `u64` from our non-blocking eventfd.
-                    unsafe {
-                        libc::read(
-                            wake.0.as_raw_fd(),
-                            (&mut counter as *mut u64).cast(),
-                            size_of::<u64>(),
-                        );
-                    }
+                    // Resets the counter; `EAGAIN` (already reset) is fine.
+                    let _ = (&wake.0).read(&mut [0; 8]);
                     if !more {
                         *wake_armed = false;
                     }
@@ -612,7 +647,7 @@ impl super::Port for Port {
             }
         }
         drop(cq);
-        if let Some(bufs) = bufs.as_ref() {
+        if let Some(bufs) = bufs {
             bufs.publish();
         }
         if pending_submissions {
@@ -630,36 +665,63 @@ impl super::Port for Port {
 impl Drop for Port {
     fn drop(&mut self) {
         if self.leak || self.recvs > 0 {
-            if let Some(bufs) = self.bufs.take() {
+            // The kernel may still write into them (`Ring` drops the io_uring before it frees
+            // the buffer ring, and leaks it now).
+            self.ring.leak_buffers();
+            if let Some(bufs) = self.oneshot.take() {
                 bufs.leak();
             }
-            std::mem::forget(std::mem::take(&mut self.oneshot));
         }
-        // `ring` is dropped before `bufs` (field order), so the kernel lets go of the buffer
-        // ring before its memory is unmapped.
     }
 }
 
-struct EventFd(OwnedFd);
+/// The wake-up `eventfd`, read and written as a file of 8-byte counters.
+struct EventFd(File);
 
 impl WakeInner for EventFd {
     fn wake(&self) -> io::Result<()> {
-        let one = 1u64;
-        // SAFETY: writes 8 bytes from a local `u64` to our eventfd.
-        let n = unsafe {
-            libc::write(
-                self.0.as_raw_fd(),
-                (&one as *const u64).cast(),
-                size_of::<u64>(),
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
+        match (&self.0).write(&1u64.to_ne_bytes()) {
+            Ok(_) => Ok(()),
             // A full counter means a wake-up is already pending.
-            if e.kind() != io::ErrorKind::WouldBlock {
-                return Err(e);
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e),
         }
-        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::Port as _;
+
+    /// A ring that cannot submit any more (here: told so; in life, `EEXIST` when a
+    /// single-issuer ring is used from another thread) drops what is pushed instead of looping or
+    /// panicking, and every wait reports the error.
+    #[test]
+    fn a_failed_submit_is_an_error_of_every_wait() {
+        let config = Config {
+            capacity: 4,
+            ..Config::default()
+        };
+        // On a thread of its own: see `uring_unavailable` in the tests' support module.
+        std::thread::spawn(move || {
+            let Ok((mut port, _)) = Port::new(&config) else {
+                eprintln!("skipped: io_uring unavailable");
+                return;
+            };
+            port.failed = Some(io::Error::from_raw_os_error(libc::EEXIST));
+            // More entries than the submission queue holds: each push past it tries to submit.
+            for _ in 0..2 * config.ring_entries {
+                port.cancel_accept();
+            }
+            for _ in 0..2 {
+                let error = port
+                    .wait(Some(Duration::ZERO), &mut |_| panic!("a completion"))
+                    .unwrap_err();
+                assert_eq!(error.kind(), io::ErrorKind::AlreadyExists, "{error}");
+            }
+        })
+        .join()
+        .unwrap();
     }
 }
