@@ -318,12 +318,17 @@ pub(crate) fn run<H: Handler>(
     loop {
         let timeout = w.local.wait_timeout();
         w.local.new_turn();
-        driver
-            .turn(timeout, |io, event| w.on_event(io, event))
-            .map_err(|source| Error::Io {
+        if let Err(source) = driver.turn(timeout, |io, event| w.on_event(io, event)) {
+            // The completion port itself failed (an io_uring submit refused, say): this worker
+            // cannot go on, and a server missing a worker's sessions should not pretend to run.
+            // It shuts down as a whole, and `Server::join` returns this error.
+            tracing::error!("worker {worker}: waiting for completions: {source}: shutting down");
+            handle.shutdown();
+            return Err(Error::Io {
                 op: "waiting for completions",
                 source,
-            })?;
+            });
+        }
         shared.inboxes[worker].take(&mut commands);
         for command in commands.drain(..) {
             w.run_command(driver.io(), command);
