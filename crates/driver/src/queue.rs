@@ -44,6 +44,18 @@ impl SendQueue {
         self.queued
     }
 
+    /// Messages not yet sent completely.
+    #[inline]
+    pub(crate) fn messages(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// Whether the front message is partly sent.
+    #[inline]
+    pub(crate) fn mid_message(&self) -> bool {
+        self.head > 0
+    }
+
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.queued == 0
