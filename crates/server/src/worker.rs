@@ -318,8 +318,12 @@ pub(crate) fn run<H: Handler>(
     loop {
         let timeout = w.local.wait_timeout();
         w.local.new_turn();
+        let mut events = 0;
         driver
-            .turn(timeout, |io, event| w.on_event(io, event))
+            .turn(timeout, |io, event| {
+                events += 1;
+                w.on_event(io, event);
+            })
             .map_err(|source| Error::Io {
                 op: "waiting for completions",
                 source,
@@ -329,7 +333,10 @@ pub(crate) fn run<H: Handler>(
             w.run_command(driver.io(), command);
         }
         w.fire_timers(driver.io());
-        w.local.stats().set_delivered(driver.io().bytes_sent());
+        let stats = w.local.stats();
+        stats.set_delivered(driver.io().bytes_sent());
+        stats.set_driver(&driver.stats());
+        stats.turned(events, w.local.timers_armed());
         if w.local.shutting_down && w.local.open == 0 && !driver.io().is_accepting() {
             break;
         }
