@@ -179,8 +179,10 @@ impl ChatLogic {
                         password: request.password,
                     };
                     if self.login.submit(job).is_ok() {
+                        Counters::add(&self.counters.login_checks, 1);
                         if let Some(user) = self.users.get_mut(session) {
                             user.state = State::LoggingIn(user_id);
+                            user.login_started = Some(now);
                         }
                         return Ok(());
                     }
@@ -200,6 +202,7 @@ impl ChatLogic {
             user_id,
             outcome,
         } = done;
+        Counters::add(&self.counters.login_answers, 1);
         match outcome {
             Outcome::Accepted | Outcome::Refused => {
                 let failed = outcome == Outcome::Refused;
@@ -216,6 +219,9 @@ impl ChatLogic {
         };
         if !matches!(&user.state, State::LoggingIn(id) if *id == user_id) {
             return;
+        }
+        if let Some(started) = user.login_started.take() {
+            (self.counters.login_latency.0).observe(started.elapsed().as_secs_f64());
         }
         user.state = State::Connected;
         let result = match outcome {
@@ -301,6 +307,7 @@ impl ChatLogic {
         self.set_room(session, Some(number));
         Counters::add(&self.counters.room_enters, 1);
         let room = self.rooms.get(number).expect("just entered");
+        self.counters.entered(room.members().len());
         reply(
             ctx,
             session,
@@ -336,6 +343,8 @@ impl ChatLogic {
     /// Takes `session` out of its room and tells the others.
     fn leave_room(&mut self, ctx: &LogicContext<'_>, session: SessionId, number: u32) {
         if let Some(member) = self.rooms.leave(number, session) {
+            let members = self.rooms.get(number).map_or(0, |r| r.members().len());
+            self.counters.left(members);
             let notify = RoomLeaveUserNotify {
                 unique_id: unique_id(member.session),
             }
