@@ -9,6 +9,8 @@
 
 pub mod chat;
 pub mod cli;
+pub mod config_file;
 pub mod echo;
+pub mod metrics;
 mod run;
 pub mod users;
