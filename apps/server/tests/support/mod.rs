@@ -18,6 +18,8 @@ use iocp_server::{BackendChoice, Config};
 use iocp_server_app::chat::{ChatConfig, ChatServer};
 use iocp_wire::{Decoder, Frame};
 
+pub mod process;
+
 /// No single socket operation of a test waits longer than this.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
