@@ -62,12 +62,21 @@ fn promtool_accepts(text: &str) {
     let mut child = match child {
         Ok(child) => child,
         Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPED: promtool check metrics: promtool not found ({e}): apt-get install prometheus");
+            eprintln!(
+                "SKIPPED: promtool check metrics: promtool not found ({e}): apt-get install prometheus"
+            );
             return;
         }
-        Err(e) => panic!("promtool not found ({e}): .ci/run installs the Debian package prometheus"),
+        Err(e) => {
+            panic!("promtool not found ({e}): .ci/run installs the Debian package prometheus")
+        }
     };
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
@@ -182,7 +191,11 @@ fn add_user(db: &std::path::Path, user: &str, password: &str) {
         .write_all(format!("{password}\n").as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Chat: logins by result (ok, refused, throttled), their latency, rooms, members, notifies.
@@ -213,7 +226,10 @@ fn chat_counters_are_exact_and_promtool_accepts_them() {
     alice.name = "alice".into();
     let mut bob = Client::connect(server.addr);
     assert_eq!(bob.login("bob", "wrong"), ResultCode::LOGIN_USER_INVALID_PW);
-    assert_eq!(bob.login("bob", "pw-bob"), ResultCode::LOGIN_TOO_MANY_ATTEMPTS);
+    assert_eq!(
+        bob.login("bob", "pw-bob"),
+        ResultCode::LOGIN_TOO_MANY_ATTEMPTS
+    );
     assert_eq!(alice.enter(0).0.result, ResultCode::NONE);
     assert_eq!(alice.chat("hello"), ResultCode::NONE);
     assert!(matches!(

@@ -63,7 +63,10 @@ fn start_prometheus(dir: &std::path::Path, target: SocketAddr) -> Option<Prometh
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let spawned = Command::new("prometheus")
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address={addr}"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -111,7 +114,9 @@ fn prometheus_scrapes_the_server_and_answers_a_query() {
             let (status, _, body) = http_get(prometheus.addr, query, None);
             if status == 200 {
                 let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-                let value = json["data"]["result"][0]["value"][1].as_str().map(str::to_owned);
+                let value = json["data"]["result"][0]["value"][1]
+                    .as_str()
+                    .map(str::to_owned);
                 if value.as_deref() == Some("2") {
                     break json;
                 }

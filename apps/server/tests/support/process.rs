@@ -64,7 +64,9 @@ impl ServerProcess {
         };
         let rest = &line[line.find(marker).unwrap() + marker.len()..];
         let rest = rest.find(end).map_or(rest, |at| &rest[..at]);
-        rest.trim().parse().unwrap_or_else(|e| panic!("{rest:?}: {e}"))
+        rest.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{rest:?}: {e}"))
     }
 
     /// The metrics endpoint's address, from its log line.
@@ -86,7 +88,10 @@ impl ServerProcess {
                 }
                 Err(_) => {
                     let _ = self.child.kill();
-                    panic!("the server never logged {what:?}; it logged {:?}", self.seen);
+                    panic!(
+                        "the server never logged {what:?}; it logged {:?}",
+                        self.seen
+                    );
                 }
             }
         }
@@ -132,14 +137,18 @@ pub fn http_get(addr: SocketAddr, path: &str, accept: Option<&str>) -> (u16, Str
     let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect");
     stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).expect("read the response");
+    stream
+        .read_to_end(&mut response)
+        .expect("read the response");
     let response = String::from_utf8(response).expect("UTF-8");
     let (head, body) = response.split_once("\r\n\r\n").expect("a head");
     let status = head
