@@ -342,18 +342,22 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Starts the metrics endpoint on `addr`, if there is one, with the server's metrics and what
+/// Starts the metrics endpoint (`--metrics`), if asked for, with the server's metrics and what
 /// `more` adds. A failure is logged.
 fn serve_metrics(
-    addr: Option<SocketAddr>,
+    args: &ServerArgs,
     server: &Server,
     more: impl FnOnce(&mut Metrics),
 ) -> Result<Option<MetricsServer>, ()> {
-    let Some(addr) = addr else {
+    let Some(addr) = args.metrics else {
         return Ok(None);
     };
     let mut metrics = Metrics::new();
-    metrics.register_collector(ServerCollector::new(server.handle(), server.backend()));
+    metrics.register_collector(ServerCollector::new(
+        server.handle(),
+        server.backend(),
+        args.max_sessions,
+    ));
     more(&mut metrics);
     match MetricsServer::start(addr, metrics) {
         Ok(endpoint) => {
@@ -400,7 +404,7 @@ fn run_echo(args: &EchoArgs) -> ExitCode {
         }
     };
     let handle = server.handle();
-    let Ok(metrics) = serve_metrics(args.server.metrics, &server, |_| {}) else {
+    let Ok(metrics) = serve_metrics(&args.server, &server, |_| {}) else {
         handle.shutdown();
         let _ = server.join();
         return ExitCode::FAILURE;
@@ -466,7 +470,7 @@ fn run_chat(args: &ChatArgs) -> ExitCode {
         }
     }
     let handle = server.handle();
-    let Ok(metrics) = serve_metrics(args.server.metrics, server.server(), |m| {
+    let Ok(metrics) = serve_metrics(&args.server, server.server(), |m| {
         crate::metrics::chat::register(m, &server);
     }) else {
         handle.shutdown();

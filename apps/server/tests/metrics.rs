@@ -103,6 +103,7 @@ fn echo_counters_are_exact_and_promtool_accepts_them() {
     let before = scrape(metrics);
     assert_eq!(value(&before, "iocp_sessions_accepted_total"), Some(0.0));
     assert_eq!(value(&before, "iocp_workers"), Some(2.0));
+    assert_eq!(value(&before, "iocp_sessions_max"), Some(10_000.0));
 
     let mut clients = Vec::new();
     let mut bytes = 0;

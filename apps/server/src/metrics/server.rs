@@ -13,6 +13,7 @@ use super::encode::{self, HistogramValues, counter, counters, gauge, gauges, his
 pub struct ServerCollector {
     handle: ServerHandle,
     backend: Backend,
+    max_sessions: u32,
 }
 
 impl std::fmt::Debug for ServerCollector {
@@ -24,9 +25,13 @@ impl std::fmt::Debug for ServerCollector {
 }
 
 impl ServerCollector {
-    /// The collector of `handle`'s server, which runs on `backend`.
-    pub fn new(handle: ServerHandle, backend: Backend) -> ServerCollector {
-        ServerCollector { handle, backend }
+    /// The collector of `handle`'s server, which runs on `backend` with `max_sessions` slots.
+    pub fn new(handle: ServerHandle, backend: Backend, max_sessions: u32) -> ServerCollector {
+        ServerCollector {
+            handle,
+            backend,
+            max_sessions,
+        }
     }
 }
 
@@ -87,6 +92,13 @@ impl Collector for ServerCollector {
             "Worker threads, each with its own completion port.",
             None,
             workers.len() as i64,
+        )?;
+        gauge(
+            e,
+            "iocp_sessions_max",
+            "Session slots (--max-sessions): connections beyond them are refused.",
+            None,
+            i64::from(self.max_sessions),
         )?;
         gauge(
             e,
