@@ -571,6 +571,7 @@ def metrics_section(data: dict | None) -> str:
       "are kept in both: the endpoint only reads them. Server CPU per echoed message over the client's run "
       "(scrapes included); ratios are the median of the on ÷ off ratios within each repetition.\n")
     rows = []
+    verdicts = []
     for load in st["loads"]:
         for client in st["clients"]:
             cell = [r for r in runs if r["load"] == load and r["client"] == client]
@@ -593,6 +594,9 @@ def metrics_section(data: dict | None) -> str:
                 return (max(v) - min(v)) / statistics.median(v) if len(v) > 1 else None
 
             scrapes = [r.get("scrapes", 0) for r in on]
+            noise = max(x for x in (spread(off), spread(on), 0.0) if x is not None)
+            if cpu_ratio is not None:
+                verdicts.append((f"{load}/{client}", cpu_ratio, noise))
             rows.append([load, client, f"{med(off, 'server_us_per_msg'):.3f}", f"{med(on, 'server_us_per_msg'):.3f}",
                          f"**{cpu_ratio:.3f}×**" if cpu_ratio else "–",
                          f"{med(off, 'msgs_per_s'):,.0f}", f"{med(on, 'msgs_per_s'):,.0f}",
@@ -602,6 +606,16 @@ def metrics_section(data: dict | None) -> str:
     w(md_table(["load", "client", "off: µs/msg", "on: µs/msg", "CPU on ÷ off", "off: msg/s", "on: msg/s",
                 "msg/s on ÷ off", "off spread", "on spread", "pairs", "scrapes per run"], rows,
                "llrrrrrrrrrr") + "\n")
-    w("\"spread\" is max − min over the median of a variant's runs: the noise of this shared machine. "
-      "A ratio within the spread is no measurable difference.\n")
+    discarded = sum(1 for r in data["runs"] if r.get("discarded"))
+    w("\"spread\" is max − min over the median of a variant's runs: the noise of this shared machine "
+      f"({discarded} runs of this one were discarded and run again because other work took more than "
+      f"{st['max_other']} of a core meanwhile). A ratio within the spread is no measurable difference.\n")
+    outside = [f"{cell} ({ratio:.3f}× against a spread of {noise:.0%})" for cell, ratio, noise in verdicts
+               if abs(ratio - 1) > noise]
+    if verdicts and not outside:
+        w(f"Every cell's CPU ratio is within the spread of its runs (ratios {min(v[1] for v in verdicts):.3f}× to "
+          f"{max(v[1] for v in verdicts):.3f}×, median {statistics.median(v[1] for v in verdicts):.3f}×): "
+          "no difference this machine can measure.\n")
+    elif outside:
+        w("Cells whose CPU ratio lies outside the spread of their runs: " + "; ".join(outside) + ".\n")
     return "\n".join(out)
