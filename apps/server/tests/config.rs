@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use iocp_server_app::cli::{Command as Sub, ServerCommand};
 use iocp_server_app::config_file::{self, Parsed, parse_args};
 use support::process::{BIN, ServerProcess};
+use support::scrape::metrics_addr;
 
 /// The example configuration in the repository.
 fn example() -> PathBuf {
@@ -270,7 +271,7 @@ fn the_example_file_configures_both_servers() {
         db.to_str().unwrap(),
     ]);
     server.wait_for("chat: 100 rooms of 50");
-    let metrics = server.metrics_addr();
+    let metrics = metrics_addr(&mut server);
     assert!(metrics.ip().is_loopback() && metrics.port() != 9100);
     server.stop();
 }

@@ -9,7 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use iocp_chat_protocol::ResultCode;
-use support::process::{BIN, ServerProcess, http_get};
+use support::process::{BIN, ServerProcess};
+use support::scrape::{http_get, metrics_addr};
 use support::{Client, IO_TIMEOUT};
 
 /// The metrics as the endpoint serves them to a plain client (Prometheus text format 0.0.4).
@@ -99,7 +100,7 @@ fn echo_counters_are_exact_and_promtool_accepts_them() {
         "--metrics",
         "127.0.0.1:0",
     ]);
-    let metrics = server.metrics_addr();
+    let metrics = metrics_addr(&mut server);
     let before = scrape(metrics);
     assert_eq!(value(&before, "iocp_sessions_accepted_total"), Some(0.0));
     assert_eq!(value(&before, "iocp_workers"), Some(2.0));
@@ -220,7 +221,7 @@ fn chat_counters_are_exact_and_promtool_accepts_them() {
         "--metrics",
         "127.0.0.1:0",
     ]);
-    let metrics = server.metrics_addr();
+    let metrics = metrics_addr(&mut server);
 
     let mut alice = Client::connect(server.addr);
     assert_eq!(alice.login("alice", "pw-alice"), ResultCode::NONE);

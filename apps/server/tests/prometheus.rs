@@ -12,7 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::IO_TIMEOUT;
-use support::process::{ServerProcess, http_get};
+use support::process::ServerProcess;
+use support::scrape::{http_get, metrics_addr};
 
 /// Prometheus may take this long to start, scrape and answer.
 const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(60);
@@ -93,7 +94,7 @@ fn prometheus_scrapes_the_server_and_answers_a_query() {
         "--metrics",
         "127.0.0.1:0",
     ]);
-    let metrics = server.metrics_addr();
+    let metrics = metrics_addr(&mut server);
     let dir = tempfile::tempdir().unwrap();
     let Some(mut prometheus) = start_prometheus(dir.path(), metrics) else {
         return;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -17,8 +19,6 @@ use iocp_chat_protocol::{
 use iocp_server::{BackendChoice, Config};
 use iocp_server_app::chat::{ChatConfig, ChatServer};
 use iocp_wire::{Decoder, Frame};
-
-pub mod process;
 
 /// No single socket operation of a test waits longer than this.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -251,3 +251,5 @@ pub fn alice_and_bob_in_room_0(addr: SocketAddr) -> (Client, Client) {
     assert!(matches!(alice.recv(), Packet::RoomNewUserNotify(_)));
     (alice, bob)
 }
+
+pub mod scrape;
