@@ -5,12 +5,15 @@
 //!   the packet manager's logic thread ([`iocp_packet::logic`]).
 //! - [`users`]: `iocp-server users add|remove|list`, the chat server's account tool.
 //! - [`cli`]: the command line that puts them together.
+//! - [`config_file`]: `--config FILE` (TOML) and `iocp-server config print`.
+//! - [`metrics`]: `--metrics ADDR`, the Prometheus endpoint and what it reads.
 #![forbid(unsafe_code)]
 
 pub mod chat;
 pub mod cli;
-pub mod config_file;
 pub mod echo;
-pub mod metrics;
 mod run;
 pub mod users;
+
+pub mod config_file;
+pub mod metrics;
