@@ -64,7 +64,7 @@ impl From<clap::Error> for ArgsError {
 pub struct Parsed {
     /// What to do.
     pub cli: Cli,
-    /// Everything clap found, defaults included (for [`print`]).
+    /// Everything clap found, defaults included (for [`print()`]).
     pub matches: ArgMatches,
 }
 
