@@ -276,3 +276,55 @@ fn chat_counters_are_exact_and_promtool_accepts_them() {
     drop((alice, bob));
     server.stop();
 }
+
+/// A client that sends and never reads: the kernel takes only part of the server's sends
+/// (partial sends), its queue passes the limit, and it is closed for that reason. On the poll
+/// backend, whose `sendmsg` runs when it is submitted and takes what fits; on io_uring a send
+/// into a full socket waits for room, which this client never makes, so whether one completes
+/// partly before the queue passes its limit is a race.
+#[test]
+fn a_slow_reader_shows_in_partial_sends_and_queue_closes() {
+    let mut server = ServerProcess::start(&[
+        "echo",
+        "--addr",
+        "127.0.0.1:0",
+        "--backend",
+        "poll",
+        "--workers",
+        "1",
+        "--send-queue-limit",
+        "1048576",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let metrics = metrics_addr(&mut server);
+    let mut stream = TcpStream::connect_timeout(&server.addr, IO_TIMEOUT).unwrap();
+    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    // Far more than the socket buffers on both sides and the queue limit hold: the server is
+    // cut off before this ends (the write then fails with a reset, or stops at the timeout).
+    let chunk = vec![b'x'; 64 * 1024];
+    for _ in 0..1024 {
+        if stream.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    let text = scrape_until(
+        metrics,
+        &[
+            ("iocp_sessions_closed_total{reason=\"queue\"}", 1.0),
+            ("iocp_sessions_open", 0.0),
+            ("iocp_send_queue_bytes", 0.0),
+        ],
+    );
+    let partial = value(&text, "iocp_driver_partial_sends_total").unwrap();
+    assert!(partial >= 1.0, "partial sends: {partial}\n{text}");
+    let queued = value(&text, "iocp_queued_bytes_total").unwrap();
+    let delivered = value(&text, "iocp_delivered_bytes_total").unwrap();
+    assert!(
+        delivered < queued,
+        "{delivered} of {queued} bytes delivered"
+    );
+    promtool_accepts(&text);
+    drop(stream);
+    server.stop();
+}

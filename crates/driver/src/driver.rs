@@ -177,6 +177,8 @@ struct Conn {
     flags: u16,
     queue: SendQueue,
     error: Option<io::Error>,
+    /// Bytes offered to the send in flight (to count partial sends).
+    offered: usize,
 }
 
 impl Driver {
@@ -494,6 +496,7 @@ impl Io {
                     // send's completion (`complete` with `Op::Send`), or never (the driver leaks
                     // the table in `Drop` while a send is in flight). `Bytes` are immutable.
                     unsafe { port.send(fd, id.token(Op::Send), &slices[..n]) };
+                    c.offered = slices[..n].iter().map(|s| s.len()).sum();
                 }
                 Pending::Cancel(id, op) => {
                     let Some(c) = self.get(id) else { continue };
@@ -619,7 +622,7 @@ impl Io {
                         let advanced = c.queue.advance(n);
                         if advanced.is_ok() {
                             let done = (messages - c.queue.messages()) as u64;
-                            let partial = n > 0 && c.queue.mid_message();
+                            let partial = n > 0 && n < c.offered;
                             let s = &mut self.stats;
                             s.send_queue_bytes = s.send_queue_bytes.saturating_sub(n as u64);
                             s.messages_sent += done;

@@ -50,12 +50,6 @@ impl SendQueue {
         self.chunks.len()
     }
 
-    /// Whether the front message is partly sent.
-    #[inline]
-    pub(crate) fn mid_message(&self) -> bool {
-        self.head > 0
-    }
-
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.queued == 0

@@ -14,8 +14,9 @@ pub struct DriverStats {
     /// completions back, or refused submissions with `EBUSY`, until the queue was drained).
     /// Always 0 on the other backends.
     pub cq_overflows: u64,
-    /// Sends the kernel took only part of (the send stopped inside a message): the socket's
-    /// buffer was full, so the peer reads slower than the server writes.
+    /// Sends the kernel took only part of (fewer bytes than offered; a readiness backend's
+    /// "wait for room", which takes none, is not counted): the socket's buffer was full, so the
+    /// peer reads slower than the server writes.
     pub partial_sends: u64,
     /// Times accepting paused and backed off after an error (out of descriptors or memory).
     pub accept_backoffs: u64,
