@@ -140,7 +140,7 @@ fn echo_counters_are_exact_and_promtool_accepts_them() {
     }
     // Each echo is at least one receive and one queued message; small messages on loopback
     // arrive whole, so exactly one each.
-    assert_eq!(value(&text, "iocp_received_messages_total"), Some(3.0));
+    assert_eq!(value(&text, "iocp_receives_total"), Some(3.0));
     assert_eq!(value(&text, "iocp_queued_messages_total"), Some(3.0));
     assert_eq!(value(&text, "iocp_delivered_messages_total"), Some(3.0));
     for worker in ["0", "1"] {

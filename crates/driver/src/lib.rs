@@ -41,6 +41,7 @@ pub use affinity::pin_current_thread;
 pub use config::{Backend, BackendChoice, Config, Features, UringOptions};
 pub use driver::{CloseMode, ConnError, Driver, Event, Io};
 pub use limits::raise_open_file_limit;
-pub use stats::DriverStats;
 pub use sys::Waker;
 pub use token::{ConnId, GENERATION_BITS};
+
+pub use stats::DriverStats;

@@ -141,8 +141,9 @@ impl Collector for ServerCollector {
         )?;
         counter(
             e,
-            "iocp_received_messages",
-            "Receive completions handed to the handler.",
+            "iocp_receives",
+            "Receive completions handed to the handler: reads, not messages (one may carry \
+             several messages, or part of one).",
             None,
             s.messages_in,
         )?;
