@@ -57,26 +57,9 @@ fn events_per_turn(w: &Stats) -> HistogramValues {
 
 impl Collector for ServerCollector {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> encode::Result {
+        // The totals and each worker's share, read one after the other.
+        let s = self.handle.stats();
         let workers = self.handle.worker_stats();
-        let mut s = Stats::default();
-        for w in &workers {
-            s.accepted += w.accepted;
-            s.refused += w.refused;
-            for (total, n) in s.closed.iter_mut().zip(w.closed) {
-                *total += n;
-            }
-            s.bytes_in += w.bytes_in;
-            s.bytes_out += w.bytes_out;
-            s.bytes_delivered += w.bytes_delivered;
-            s.messages_in += w.messages_in;
-            s.messages_out += w.messages_out;
-            s.messages_delivered += w.messages_delivered;
-            s.send_queue_bytes += w.send_queue_bytes;
-            s.recv_out_of_buffers += w.recv_out_of_buffers;
-            s.cq_overflows += w.cq_overflows;
-            s.partial_sends += w.partial_sends;
-            s.accept_backoffs += w.accept_backoffs;
-        }
         let e = &mut e;
         gauges(
             e,
