@@ -13,7 +13,8 @@
 //! rooms = 50
 //! ```
 //!
-//! Flags given on the command line (or through the environment) override the file. An unknown
+//! A flag that may be given several times takes an array (`key = ["a", "b"]`). Flags given on
+//! the command line (or through the environment) override the file. An unknown
 //! key is an error that names it and its line; so is a value its flag refuses. The file is read
 //! through the command line's own definitions: a flag added to `echo` or `chat` can be set from
 //! the file with no change here.
@@ -68,12 +69,22 @@ pub struct Parsed {
     pub matches: ArgMatches,
 }
 
-/// One setting of the file: the value as a flag's text, and its line.
+/// One setting of the file: its values as a flag's text (an array gives the flag once per
+/// element), and its line.
 #[derive(Clone, Debug)]
 struct Setting {
     key: String,
-    value: String,
+    values: Vec<String>,
     line: usize,
+}
+
+impl Setting {
+    /// `--key=value` for each value.
+    fn flags(&self) -> impl Iterator<Item = OsString> + '_ {
+        self.values
+            .iter()
+            .map(|v| OsString::from(format!("--{}={v}", self.key)))
+    }
 }
 
 /// The file's settings: the top, `[echo]` and `[chat]`.
@@ -139,7 +150,15 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// A value as the text its flag takes.
+/// A value as the texts its flag takes: one, or one per element of an array.
+fn flag_texts(value: &DeValue<'_>) -> Option<Vec<String>> {
+    match value {
+        DeValue::Array(items) => items.iter().map(|v| flag_text(v.get_ref())).collect(),
+        value => flag_text(value).map(|v| vec![v]),
+    }
+}
+
+/// A scalar value as the text its flag takes.
 fn flag_text(value: &DeValue<'_>) -> Option<String> {
     Some(match value {
         DeValue::String(s) => s.to_string(),
@@ -179,14 +198,15 @@ fn settings(
             }
             return Err(ArgsError::File(message));
         }
-        let Some(value) = flag_text(value.get_ref()) else {
+        let Some(values) = flag_texts(value.get_ref()) else {
             return Err(ArgsError::File(format!(
-                "{file}, line {line}: `{name}`: expected a string, a number or a boolean"
+                "{file}, line {line}: `{name}`: expected a string, a number, a boolean or an \
+                 array of them"
             )));
         };
         out.push(Setting {
             key: name.to_owned(),
-            value,
+            values,
             line,
         });
     }
@@ -261,11 +281,11 @@ fn check_values(file: &str, server: &str, settings: &[Setting]) -> Result<(), Ar
     let global = global_flag();
     let mut argv: Vec<OsString> = vec!["iocp-server".into()];
     if let Some(s) = settings.iter().find(|s| s.key == global) {
-        argv.push(format!("--{}={}", s.key, s.value).into());
+        argv.extend(s.flags());
     }
     argv.push(server.into());
     for s in settings.iter().filter(|s| s.key != global) {
-        argv.push(format!("--{}={}", s.key, s.value).into());
+        argv.extend(s.flags());
     }
     let Err(e) = Cli::command().try_get_matches_from(argv) else {
         return Ok(());
@@ -332,7 +352,7 @@ where
     if given(&matches, GLOBAL) {
         raw_flags(&matches, GLOBAL, &global, &mut argv);
     } else if let Some(s) = value_of(&global) {
-        argv.push(format!("--{global}={}", s.value).into());
+        argv.extend(s.flags());
     }
     argv.extend(server_path.iter().map(OsString::from));
     argv.push(format!("--config={}", path.display()).into());
@@ -340,7 +360,7 @@ where
         if given(sub, &id) {
             raw_flags(sub, &id, &long, &mut argv);
         } else if let Some(s) = value_of(&long) {
-            argv.push(format!("--{long}={}", s.value).into());
+            argv.extend(s.flags());
         }
     }
     let matches = Cli::command().try_get_matches_from(argv)?;
@@ -403,13 +423,20 @@ pub fn print(parsed: &Parsed, effective: impl Fn(&str) -> Option<String>) -> Str
     let _ = writeln!(out, "{global} = {}", toml_value(&log_format));
     let _ = writeln!(out, "\n[{server}]");
     for (id, long) in flags_of(server) {
-        let value = sub
+        let values: Vec<String> = sub
             .get_raw(&id)
-            .and_then(|mut v| v.next())
-            .map(|v| v.to_string_lossy().into_owned());
+            .into_iter()
+            .flatten()
+            .map(|v| toml_value(&v.to_string_lossy()))
+            .collect();
+        let value = match values.len() {
+            0 => None,
+            1 => values.into_iter().next(),
+            _ => Some(format!("[{}]", values.join(", "))),
+        };
         match (value, effective(&long)) {
             (Some(v), _) => {
-                let _ = writeln!(out, "{long} = {}", toml_value(&v));
+                let _ = writeln!(out, "{long} = {v}");
             }
             (None, Some(what)) => {
                 let _ = writeln!(out, "# {long}: not set ({what})");
@@ -420,4 +447,45 @@ pub fn print(parsed: &Parsed, effective: impl Fn(&str) -> Option<String>) -> Str
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(toml: &str) -> Option<Vec<String>> {
+        flag_texts(DeValue::parse(toml).expect("TOML").get_ref())
+    }
+
+    #[test]
+    fn values_become_flag_texts() {
+        assert_eq!(texts("\"a b\""), Some(vec!["a b".to_owned()]));
+        assert_eq!(texts("0x10"), Some(vec!["16".to_owned()]));
+        assert_eq!(texts("1_000"), Some(vec!["1000".to_owned()]));
+        assert_eq!(texts("true"), Some(vec!["true".to_owned()]));
+        // An array gives its flag once per element (a flag that takes several values).
+        assert_eq!(
+            texts("[\"redis://a:6379\", \"redis://b:6379\"]"),
+            Some(vec![
+                "redis://a:6379".to_owned(),
+                "redis://b:6379".to_owned()
+            ])
+        );
+        assert_eq!(texts("[[1]]"), None);
+        assert_eq!(texts("{ a = 1 }"), None);
+    }
+
+    #[test]
+    fn a_flag_given_twice_from_an_array_is_refused_with_its_line() {
+        let dir = std::env::temp_dir().join(format!("iocp-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("twice.toml");
+        std::fs::write(&path, "addr = \"127.0.0.1:0\"\n\n[chat]\nrooms = [3, 4]\n").unwrap();
+        let err = match parse_args(["iocp-server", "chat", "--config", path.to_str().unwrap()]) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("two values for --rooms"),
+        };
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(err.contains("line 4") && err.contains("`rooms`"), "{err}");
+    }
 }
