@@ -5,6 +5,7 @@
     python3 bench/run.py --quick    # 1 repetition, shorter runs: a smoke test of the suite
     python3 bench/run.py --big      # only the 100,000-connection check (added to the report)
     python3 bench/run.py --report   # rewrite docs/benchmarks.md from the last saved results
+    python3 bench/run.py --metrics-ab --reps 5   # pinned echo cells, --metrics on vs off, interleaved
 
 Python 3.11 standard library only. See bench/README.md for what is measured and how.
 """
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -33,6 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(ROOT, "target", "bench")
 LATEST = os.path.join(RESULTS_DIR, "latest.json")
 BIG_LATEST = os.path.join(RESULTS_DIR, "big-latest.json")
+METRICS_LATEST = os.path.join(RESULTS_DIR, "metrics-ab-latest.json")
 DOC = os.path.join(ROOT, "docs", "benchmarks.md")
 BUILD = ["cargo", "build", "--release", "-p", "iocp-server-app", "-p", "iocp-load", "-p", "iocp-baselines"]
 BINARIES = ["iocp-server", "iocp-load", "echo-tokio", "echo-mio"]
@@ -61,7 +64,12 @@ SERVERS = [
     Server("tokio-ct", "tokio current-thread", "echo-tokio", ("--runtime", "ct", "--addr", "127.0.0.1:0"), False),
     Server("mio", "plain mio (epoll)", "echo-mio", ("--addr", "127.0.0.1:0"), False),
 ]
-SERVER_BY_KEY = {s.key: s for s in SERVERS}
+# Not in the default matrix: iocp-uring with its metrics endpoint on, scraped during each run
+# (`--metrics-ab` runs it beside iocp-uring).
+METRICS_SERVER = Server("iocp-uring-metrics", "iocp-server io_uring, --metrics scraped", "iocp-server",
+                        ("echo", "--addr", "127.0.0.1:0", "--backend", "uring", "--metrics", "127.0.0.1:0"),
+                        True, True)
+SERVER_BY_KEY = {s.key: s for s in SERVERS + [METRICS_SERVER]}
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,41 @@ LOADS = [
 LOAD_BY_KEY = {x.key: x for x in LOADS}
 CLIENTS = ["uring", "poll"]
 MODES = ["pinned", "unpinned"]
+
+
+class Scraper:
+    """Scrapes a server's `/metrics` every `interval` seconds on a thread, as Prometheus would,
+    from its start until `stop`. The address comes from the server's `metrics on` log line."""
+
+    def __init__(self, srv: procs.Spawned, interval: float):
+        m = None
+        deadline = time.monotonic() + 5
+        while m is None and time.monotonic() < deadline:
+            m = procs.METRICS.search(procs.read_logs(srv.logdir))
+            time.sleep(0.01)
+        if m is None:
+            raise RuntimeError("the server did not say `metrics on`")
+        self.url = f"http://{m.group(1)}/metrics"
+        self.interval = interval
+        self.done = threading.Event()
+        self.scrapes = self.errors = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as r:
+                    r.read()
+                self.scrapes += 1
+            except OSError:
+                self.errors += 1
+            self.done.wait(self.interval)
+
+    def stop(self) -> tuple[int, int]:
+        self.done.set()
+        self.thread.join(10)
+        return self.scrapes, self.errors
 
 
 def fmt_dur(seconds: float) -> str:
@@ -136,11 +179,14 @@ class Bench:
                         "--hold", fmt_dur(self.a.hold), "--server-pid", str(srv.pid), "--ping", "64",
                         "--connect-rate", str(self.a.idle_connect_rate), "--backend", client, "--json", "-q"]
             rec["client_cmd"] = ccmd
+            scraper = Scraper(srv, self.a.scrape_interval) if "--metrics" in server.args else None
             soft0 = softirqd_ns(self.softirqd)
             w0 = procs.Window.take(srv.pid)
             res = procs.run_client(ccmd, budget, CLIENT_CPU if pinned else None, self.a.nofile)
             w1 = procs.Window.take(srv.pid)
             soft1 = softirqd_ns(self.softirqd)
+            if scraper:
+                rec["scrapes"], rec["scrape_errors"] = scraper.stop()
             rec["rss_end"] = procs.rss_bytes(srv.pid)
         finally:
             srv.stop()
@@ -196,7 +242,8 @@ class Bench:
         t0 = time.monotonic()
         done = 0
         for rep in range(self.a.reps):
-            self.prealloc(rep)
+            if not self.a.metrics_ab:
+                self.prealloc(rep)
             for server, mode, load, client in rotate(cells, rep):
                 done += 1
                 self.record(self.run_quiet(server, mode, load, client, rep), done, total, t0)
@@ -619,6 +666,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up before measuring")
     p.add_argument("--hold", type=float, default=1.0, help="seconds the idle connections are held")
     p.add_argument("--connect-rate", type=int, default=20000, help="connections opened per second (echo loads)")
+    p.add_argument("--metrics-ab", action="store_true",
+                   help="only the pinned echo cells of iocp-uring with --metrics off and on (scraped every "
+                        "--scrape-interval), interleaved; writes its own section of the report")
+    p.add_argument("--scrape-interval", type=float, default=1.0,
+                   help="seconds between scrapes of a server run with --metrics")
     p.add_argument("--servers", default=",".join(s.key for s in SERVERS))
     p.add_argument("--loads", default=",".join(x.key for x in LOADS))
     p.add_argument("--clients", default=",".join(CLIENTS))
@@ -656,6 +708,12 @@ def parse_args(argv=None) -> argparse.Namespace:
             a.doc = os.path.join(RESULTS_DIR, "benchmarks-quick.md")
     a.servers = [SERVER_BY_KEY[k] for k in a.servers.split(",")]
     a.loads = [LOAD_BY_KEY[k] for k in a.loads.split(",")]
+    if a.metrics_ab:
+        # Its own results: the matrix's and its report stay as they are.
+        a.servers = [SERVER_BY_KEY["iocp-uring"], METRICS_SERVER]
+        a.modes = "pinned"
+        a.loads = [x for x in a.loads if x.kind == "echo"]
+        a.latest = METRICS_LATEST
     a.clients = a.clients.split(",")
     a.modes = a.modes.split(",")
     a.big_servers = a.big_servers.split(",")
@@ -666,7 +724,10 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     os.makedirs(RESULTS_DIR, exist_ok=True)
     if a.report:
-        write_doc(a)
+        if a.metrics_ab:
+            write_metrics_doc(a)
+        else:
+            write_doc(a)
         return 0
 
     def on_signal(signum, _frame):
@@ -701,6 +762,11 @@ def main(argv=None) -> int:
         return 130
     finally:
         procs.cleanup_all()
+    if a.metrics_ab:
+        print(report.metrics_section(load_json(a.latest)))
+        if not a.no_doc:
+            write_metrics_doc(a)
+        return 0
     if not a.big:
         print(report.console(load_json(a.latest), SERVERS, LOADS))
     if not a.no_doc:
@@ -714,7 +780,8 @@ def settings(a: argparse.Namespace) -> dict:
             "quiet": a.quiet, "quiet_wait": a.quiet_wait, "quiet_budget": a.quiet_budget, "max_other": a.max_other, "retries": a.retries, "servers": [s.key for s in a.servers],
             "loads": [x.key for x in a.loads], "clients": a.clients, "idle_client": a.idle_client,
             "modes": a.modes, "idle_max_sessions": a.idle_max_sessions, "quick": a.quick,
-            "server_cpu": SERVER_CPU, "client_cpu": CLIENT_CPU, "build": " ".join(BUILD)}
+            "server_cpu": SERVER_CPU, "client_cpu": CLIENT_CPU, "build": " ".join(BUILD),
+            "scrape_interval": a.scrape_interval}
 
 
 def save(path: str, data: dict) -> None:
@@ -729,6 +796,24 @@ def load_json(path: str):
             return json.load(f)
     except OSError:
         return None
+
+
+def write_metrics_doc(a: argparse.Namespace) -> None:
+    """Writes the metrics on/off section into the report, leaving the rest as it is."""
+    data = load_json(a.latest)
+    if data is None:
+        say("no saved results of --metrics-ab")
+        return
+    old = open(a.doc).read() if os.path.exists(a.doc) else ""
+    section = report.METRICS_BEGIN + "\n" + report.metrics_section(data) + "\n" + report.METRICS_END
+    if report.METRICS_BEGIN in old and report.METRICS_END in old:
+        head, rest = old.split(report.METRICS_BEGIN, 1)
+        text = head + section + rest.split(report.METRICS_END, 1)[1]
+    else:
+        text = old.rstrip("\n") + "\n\n" + section + "\n"
+    with open(a.doc, "w") as f:
+        f.write(text)
+    say(f"wrote the metrics section of {os.path.relpath(a.doc, ROOT)}")
 
 
 def write_doc(a: argparse.Namespace) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 LISTENING = re.compile(r"listening on (\d+\.\d+\.\d+\.\d+:\d+)")
+METRICS = re.compile(r"metrics on http://(\d+\.\d+\.\d+\.\d+:\d+)/metrics")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # Every `timeout` process this harness started and has not reaped yet: pid -> Popen.

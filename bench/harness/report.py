@@ -7,6 +7,7 @@ import statistics
 
 BEGIN, END = "<!-- analysis:begin -->", "<!-- analysis:end -->"
 SOAK_BEGIN, SOAK_END = "<!-- soak:begin -->", "<!-- soak:end -->"
+METRICS_BEGIN, METRICS_END = "<!-- metrics:begin -->", "<!-- metrics:end -->"
 ANALYSIS_PLACEHOLDER = "(No analysis written yet.)"
 MODE_TITLE = {
     "pinned": "Pinned: server on CPU 0 (one worker), client on CPU 1 (one thread)",
@@ -519,7 +520,8 @@ def markdown(data: dict, big: dict | None, servers, loads, old_doc: str) -> str:
     w(analysis(old_doc))
     w(END)
     # The sections of bench/soak.py and bench/timers.py are their own: kept as they are.
-    for begin, end in ((SOAK_BEGIN, SOAK_END), ("<!-- timers:begin -->", "<!-- timers:end -->")):
+    for begin, end in ((SOAK_BEGIN, SOAK_END), ("<!-- timers:begin -->", "<!-- timers:end -->"),
+                       (METRICS_BEGIN, METRICS_END)):
         if begin in old_doc and end in old_doc:
             w("")
             w(begin + old_doc.split(begin, 1)[1].split(end, 1)[0] + end)
@@ -545,3 +547,75 @@ def fc(x):
 
 def pct(x):
     return "–" if x is None else f"{x:.0%}"
+
+
+def metrics_section(data: dict | None) -> str:
+    """The section of `bench/run.py --metrics-ab`: iocp-server's pinned echo cells with the metrics
+    endpoint off and on (scraped), from one run in which the two were interleaved."""
+    if not data:
+        return "(no results of `bench/run.py --metrics-ab` yet)"
+    m, st = data["machine"], data["settings"]
+    runs = [r for r in data["runs"] if r.get("ok") and not r.get("discarded") and r.get("server_us_per_msg")]
+    off_key, on_key = "iocp-uring", "iocp-uring-metrics"
+    out = []
+    w = out.append
+    w("## The metrics endpoint on and off\n")
+    argv = " ".join(data["argv"])
+    w(f"`python3 bench/run.py {argv}` at {m['git']}, {data['started'].replace('T', ' ')} "
+      f"({data['minutes']:.0f} minutes); {m['model']}, {m['cpus']} CPUs, kernel {m['kernel']}.\n")
+    w(f"The pinned echo cells (server `taskset -c {st['server_cpu']}` with one worker, client `taskset -c "
+      f"{st['client_cpu']}`), {st['reps']} repetitions, the two variants interleaved in each: "
+      "`iocp-server echo --backend uring` as it is, and the same with `--metrics 127.0.0.1:0` while the "
+      "bench scrapes `/metrics` every "
+      f"{st.get('scrape_interval', 1.0):g} s (Prometheus scrapes every 15 s by default). The per-worker counters "
+      "are kept in both: the endpoint only reads them. Server CPU per echoed message over the client's run "
+      "(scrapes included); ratios are the median of the on ÷ off ratios within each repetition.\n")
+    rows = []
+    verdicts = []
+    for load in st["loads"]:
+        for client in st["clients"]:
+            cell = [r for r in runs if r["load"] == load and r["client"] == client]
+            off = [r for r in cell if r["server"] == off_key]
+            on = [r for r in cell if r["server"] == on_key]
+            if not off or not on:
+                continue
+            by_rep = {}
+            for r in cell:
+                by_rep.setdefault(r["rep"], {})[r["server"]] = r
+            pairs = [(p[off_key], p[on_key]) for p in by_rep.values() if off_key in p and on_key in p]
+            cpu_ratio = statistics.median(b["server_us_per_msg"] / a["server_us_per_msg"] for a, b in pairs) if pairs else None
+            tput_ratio = statistics.median(b["msgs_per_s"] / a["msgs_per_s"] for a, b in pairs) if pairs else None
+
+            def med(rs, k):
+                return statistics.median(r[k] for r in rs)
+
+            def spread(rs):
+                v = [r["server_us_per_msg"] for r in rs]
+                return (max(v) - min(v)) / statistics.median(v) if len(v) > 1 else None
+
+            scrapes = [r.get("scrapes", 0) for r in on]
+            noise = max(x for x in (spread(off), spread(on), 0.0) if x is not None)
+            if cpu_ratio is not None:
+                verdicts.append((f"{load}/{client}", cpu_ratio, noise))
+            rows.append([load, client, f"{med(off, 'server_us_per_msg'):.3f}", f"{med(on, 'server_us_per_msg'):.3f}",
+                         f"**{cpu_ratio:.3f}×**" if cpu_ratio else "–",
+                         f"{med(off, 'msgs_per_s'):,.0f}", f"{med(on, 'msgs_per_s'):,.0f}",
+                         f"{tput_ratio:.3f}×" if tput_ratio else "–",
+                         pct(spread(off)), pct(spread(on)), f"{len(pairs)}",
+                         f"{min(scrapes)}–{max(scrapes)}"])
+    w(md_table(["load", "client", "off: µs/msg", "on: µs/msg", "CPU on ÷ off", "off: msg/s", "on: msg/s",
+                "msg/s on ÷ off", "off spread", "on spread", "pairs", "scrapes per run"], rows,
+               "llrrrrrrrrrr") + "\n")
+    discarded = sum(1 for r in data["runs"] if r.get("discarded"))
+    w("\"spread\" is max − min over the median of a variant's runs: the noise of this shared machine "
+      f"({discarded} runs of this one were discarded and run again because other work took more than "
+      f"{st['max_other']} of a core meanwhile). A ratio within the spread is no measurable difference.\n")
+    outside = [f"{cell} ({ratio:.3f}× against a spread of {noise:.0%})" for cell, ratio, noise in verdicts
+               if abs(ratio - 1) > noise]
+    if verdicts and not outside:
+        w(f"Every cell's CPU ratio is within the spread of its runs (ratios {min(v[1] for v in verdicts):.3f}× to "
+          f"{max(v[1] for v in verdicts):.3f}×, median {statistics.median(v[1] for v in verdicts):.3f}×): "
+          "no difference this machine can measure.\n")
+    elif outside:
+        w("Cells whose CPU ratio lies outside the spread of their runs: " + "; ".join(outside) + ".\n")
+    return "\n".join(out)

@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 use iocp_packet::{BadPacket, QueueOptions, WhenFull};
 use iocp_server::{BackendChoice, Config, Server};
 
 use crate::chat::{ChatConfig, ChatServer};
 use crate::echo::Echo;
+use crate::metrics::server::ServerCollector;
+use crate::metrics::{Metrics, MetricsServer};
 use crate::run::{catch_signals, report_stats, watch_signals};
 use crate::users::{DEFAULT_DB, UsersArgs};
 
@@ -53,11 +55,50 @@ pub enum Command {
     Chat(ChatArgs),
     /// Manage the chat server's accounts: add, remove, list.
     Users(UsersArgs),
+    /// The configuration file: `config print [echo|chat] [--config FILE] [FLAGS]` prints the
+    /// effective configuration (file and flags together) as a file that gives the same.
+    Config(ConfigArgs),
+}
+
+/// `iocp-server config`.
+#[derive(Args, Clone, Debug)]
+pub struct ConfigArgs {
+    /// What to do with the configuration.
+    #[command(subcommand)]
+    pub command: ConfigCommand,
+}
+
+/// `iocp-server config ...`.
+#[derive(Subcommand, Clone, Debug)]
+pub enum ConfigCommand {
+    /// Print the effective configuration of `echo` (the default) or `chat`, as TOML.
+    Print {
+        /// The server whose configuration to print, with its flags (`--config FILE` among them).
+        #[command(subcommand)]
+        server: Option<ServerCommand>,
+    },
+}
+
+/// A server to run or to print the configuration of.
+#[derive(Subcommand, Clone, Debug)]
+pub enum ServerCommand {
+    /// The echo server.
+    Echo(EchoArgs),
+    /// The chat server.
+    Chat(ChatArgs),
 }
 
 /// Settings of every server.
 #[derive(Args, Clone, Debug)]
 pub struct ServerArgs {
+    /// Read settings from this TOML file (keys as the flags are spelled, without `--`; see
+    /// `iocp-server config print`). Flags given on the command line override the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100; port 0: any free
+    /// port, logged) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:11021")]
     pub addr: SocketAddr,
@@ -65,7 +106,8 @@ pub struct ServerArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: Option<u32>,
     /// Pin worker n to the n-th CPU the process may use (for a server with its cores to itself).
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_value_t = false,
+          default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
     pub pin_workers: bool,
     /// Session slots allocated at start; connections beyond them are refused. The server
     /// refuses to start if the table would not fit in the memory available.
@@ -102,7 +144,8 @@ pub struct EchoArgs {
     #[command(flatten)]
     pub server: ServerArgs,
     /// Log every received message with its session index, as the seed does (costs throughput).
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_value_t = false,
+          default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
     pub log_each: bool,
 }
 
@@ -269,7 +312,15 @@ impl ChatArgs {
 /// The binary's entry point.
 pub fn main() -> ExitCode {
     use std::io::IsTerminal;
-    let cli = Cli::parse();
+    let parsed = match crate::config_file::parse_args(std::env::args_os()) {
+        Ok(parsed) => parsed,
+        Err(crate::config_file::ArgsError::Cli(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::from_arg_matches(&parsed.matches).expect("parsed once already");
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
@@ -302,6 +353,62 @@ pub fn main() -> ExitCode {
         Command::Echo(args) => run_echo(&args),
         Command::Chat(args) => run_chat(&args),
         Command::Users(args) => crate::users::run(&args),
+        Command::Config(ConfigArgs {
+            command: ConfigCommand::Print { server },
+        }) => {
+            print!(
+                "{}",
+                crate::config_file::print(&parsed, |key| effective(server.as_ref(), key))
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Starts the metrics endpoint (`--metrics`), if asked for, with the server's metrics and what
+/// `more` adds. A failure is logged.
+fn serve_metrics(
+    args: &ServerArgs,
+    server: &Server,
+    more: impl FnOnce(&mut Metrics),
+) -> Result<Option<MetricsServer>, ()> {
+    let Some(addr) = args.metrics else {
+        return Ok(None);
+    };
+    let mut metrics = Metrics::new();
+    metrics.register_collector(ServerCollector::new(
+        server.handle(),
+        server.backend(),
+        args.max_sessions,
+    ));
+    more(&mut metrics);
+    match MetricsServer::start(addr, metrics) {
+        Ok(endpoint) => {
+            tracing::info!("metrics on http://{}/metrics", endpoint.local_addr());
+            Ok(Some(endpoint))
+        }
+        Err(e) => {
+            tracing::error!("metrics endpoint on {addr}: {e}");
+            Err(())
+        }
+    }
+}
+
+/// What a setting that is not set comes to, for `config print`.
+fn effective(server: Option<&ServerCommand>, key: &str) -> Option<String> {
+    let (args, keepalive) = match server {
+        Some(ServerCommand::Chat(chat)) => (Some(&chat.server), CHAT_KEEPALIVE_SECS),
+        Some(ServerCommand::Echo(echo)) => (Some(&echo.server), 0),
+        None => (None, 0),
+    };
+    let config = args.map(|a| a.config(keepalive)).unwrap_or_default();
+    match key {
+        "workers" => Some(format!("{} here: the number of cores", config.workers)),
+        "tcp-keepalive" if keepalive > 0 => Some(format!("{keepalive} for chat")),
+        "tcp-keepalive" => Some("off for echo".into()),
+        "metrics" => Some("no metrics endpoint".into()),
+        "config" => None,
+        _ => None,
     }
 }
 
@@ -320,9 +427,16 @@ fn run_echo(args: &EchoArgs) -> ExitCode {
         }
     };
     let handle = server.handle();
+    let Ok(metrics) = serve_metrics(&args.server, &server, |_| {}) else {
+        handle.shutdown();
+        let _ = server.join();
+        return ExitCode::FAILURE;
+    };
     watch_signals(signals, handle.clone());
     report_stats(&handle, args.server.stats_interval, || None);
-    match server.join() {
+    let joined = server.join();
+    drop(metrics);
+    match joined {
         Ok(()) => {
             tracing::info!("stopped: {}", handle.stats());
             ExitCode::SUCCESS
@@ -407,6 +521,13 @@ fn run_chat(args: &ChatArgs) -> ExitCode {
         }
     }
     let handle = server.handle();
+    let Ok(metrics) = serve_metrics(&args.server, server.server(), |m| {
+        crate::metrics::chat::register(m, &server);
+    }) else {
+        handle.shutdown();
+        let _ = server.join();
+        return ExitCode::FAILURE;
+    };
     watch_signals(signals, handle.clone());
     let stats = server.stats_source();
     let mut last = stats();
@@ -421,7 +542,9 @@ fn run_chat(args: &ChatArgs) -> ExitCode {
         last = now;
         Some(line)
     });
-    match server.join() {
+    let joined = server.join();
+    drop(metrics);
+    match joined {
         Ok(()) => {
             tracing::info!("stopped: {} | {}", handle.stats(), stats());
             ExitCode::SUCCESS

@@ -6,6 +6,8 @@
 //! - [`users`]: `iocp-server users add|remove|list`, the chat server's account tool.
 //! - [`redis`]: the chat's Redis engine and account store, for several instances.
 //! - [`cli`]: the command line that puts them together.
+//! - [`config_file`]: `--config FILE` (TOML) and `iocp-server config print`.
+//! - [`metrics`]: `--metrics ADDR`, the Prometheus endpoint and what it reads.
 #![forbid(unsafe_code)]
 
 pub mod chat;
@@ -14,3 +16,6 @@ pub mod echo;
 pub mod redis;
 mod run;
 pub mod users;
+
+pub mod config_file;
+pub mod metrics;

@@ -10,6 +10,7 @@ use socket2::Socket;
 
 use crate::config::{Backend, Config, Features};
 use crate::queue::{MAX_IOVECS, SendQueue};
+use crate::stats::DriverStats;
 use crate::sys::{self, AnyPort, Completion, Port, Raw, Waker};
 use crate::token::{ConnId, Op, next_generation};
 
@@ -148,6 +149,8 @@ pub struct Io {
     released: Vec<(ConnId, Option<io::Error>, Option<Socket>, bool)>,
     arena: BytesMut,
     accept: Accept,
+    /// Counters of what the owner does not see in the events.
+    stats: DriverStats,
 }
 
 #[derive(Clone, Copy)]
@@ -198,6 +201,8 @@ struct Conn {
     flags: u16,
     queue: SendQueue,
     error: Option<io::Error>,
+    /// Bytes offered to the send in flight (to count partial sends).
+    offered: usize,
 }
 
 impl Driver {
@@ -215,6 +220,7 @@ impl Driver {
                 finished: VecDeque::new(),
                 released: Vec::new(),
                 bytes_sent: 0,
+                stats: DriverStats::default(),
                 arena: BytesMut::new(),
                 accept: Accept {
                     backoff: ACCEPT_BACKOFF_MIN,
@@ -236,6 +242,14 @@ impl Driver {
     /// What the backend supports, and why it fell back if it did.
     pub fn features(&self) -> &Features {
         &self.features
+    }
+
+    /// The driver's counters since it started.
+    pub fn stats(&self) -> DriverStats {
+        DriverStats {
+            cq_overflows: self.port.cq_overflows(),
+            ..self.io.stats
+        }
     }
 
     /// A handle that wakes this driver from another thread.
@@ -397,12 +411,14 @@ impl Io {
         if c.flags & flag::CLOSING != 0 {
             return Err(ConnError::Closing);
         }
+        let before = c.queue.len();
         c.queue.push(bytes);
         let queued = c.queue.len();
         if c.flags & flag::SEND == 0 && queued > 0 {
             c.flags |= flag::SEND;
             self.ops.push(Pending::Send(conn));
         }
+        self.stats.send_queue_bytes += (queued - before) as u64;
         Ok(queued)
     }
 
@@ -511,6 +527,7 @@ impl Io {
                     // a send is in flight). `Bytes` are immutable, and `Port` promises to copy
                     // the slice array itself before returning.
                     unsafe { port.send(fd, id.token(Op::Send), &slices[..n]) };
+                    c.offered = slices[..n].iter().map(|s| s.len()).sum();
                 }
                 Pending::Cancel(id, op) => {
                     let Some(c) = self.get(id) else { continue };
@@ -579,6 +596,7 @@ impl Io {
                             let a = &mut self.accept;
                             a.paused_until = Some(Instant::now() + a.backoff);
                             a.backoff = (a.backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                            self.stats.accept_backoffs += 1;
                         }
                         Some(Event::AcceptError(e))
                     }
@@ -612,6 +630,7 @@ impl Io {
                             // The buffer ring ran dry; buffers come back as callbacks return.
                             c.flags |= flag::RECV;
                             self.ops.push(Pending::Recv(id));
+                            self.stats.recv_out_of_buffers += 1;
                         } else if !sys::is_canceled(&e) {
                             self.fail(id, e);
                         }
@@ -630,7 +649,18 @@ impl Io {
                 c.flags &= !(flag::SEND | flag::SEND_SUBMITTED);
                 match result {
                     Ok(n) => {
-                        if let Err(overrun) = c.queue.advance(n) {
+                        let messages = c.queue.messages();
+                        let advanced = c.queue.advance(n);
+                        if advanced.is_ok() {
+                            let done = (messages - c.queue.messages()) as u64;
+                            let partial = n > 0 && n < c.offered;
+                            let s = &mut self.stats;
+                            s.send_queue_bytes = s.send_queue_bytes.saturating_sub(n as u64);
+                            s.messages_sent += done;
+                            s.partial_sends += u64::from(partial);
+                        }
+                        let c = self.conn_of(id)?;
+                        if let Err(overrun) = advanced {
                             // Never expected; closing this connection is the safe way out.
                             tracing::error!("connection {}: {overrun}: closing it", id.index);
                             self.fail(id, io::Error::other(overrun.to_string()));
@@ -691,6 +721,10 @@ impl Io {
             index,
             generation: c.generation,
         };
+        self.stats.send_queue_bytes = self
+            .stats
+            .send_queue_bytes
+            .saturating_sub(c.queue.len() as u64);
         c.queue.clear();
         let socket = c.socket.take();
         let reset = c.flags & flag::RESET != 0;

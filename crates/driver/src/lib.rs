@@ -38,6 +38,7 @@ mod config;
 mod driver;
 mod limits;
 mod queue;
+mod stats;
 mod sys;
 mod token;
 
@@ -47,3 +48,5 @@ pub use driver::{CloseMode, ConnError, Driver, Event, Io};
 pub use limits::{open_file_limits, raise_open_file_limit};
 pub use sys::Waker;
 pub use token::{ConnId, GENERATION_BITS};
+
+pub use stats::DriverStats;

@@ -44,6 +44,12 @@ impl SendQueue {
         self.queued
     }
 
+    /// Messages not yet sent completely.
+    #[inline]
+    pub(crate) fn messages(&self) -> usize {
+        self.chunks.len()
+    }
+
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.queued == 0

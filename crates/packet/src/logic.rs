@@ -190,7 +190,27 @@ pub struct LogicStats {
     /// Input dropped because its session was already being closed by the packet manager or the
     /// logic: queued packets on the logic thread, whole reads on the I/O workers.
     pub dropped_after_close: u64,
+    /// Events put in the queue (packets, connects, disconnects, messages); less
+    /// [`LogicStats::events`], what waits in the queue now ([`LogicStats::queue_depth`]).
+    pub queued: u64,
 }
+
+impl LogicStats {
+    /// Events waiting in the logic queue now (as near as counters read one after another can
+    /// say).
+    pub fn queue_depth(&self) -> u64 {
+        self.queued.saturating_sub(self.events)
+    }
+}
+
+/// Slots of [`Counters::queued`]: an I/O worker counts what it queues in slot `worker % this`,
+/// its own cache line (as long as the workers are no more than this).
+const QUEUED_SLOTS: usize = 32;
+
+/// A counter alone on its cache line.
+#[derive(Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
 
 #[derive(Default)]
 struct Counters {
@@ -201,6 +221,10 @@ struct Counters {
     bad_packets: AtomicU64,
     dropped_after_close: AtomicU64,
     logic_gone_logged: AtomicBool,
+    /// Events queued, by I/O worker ([`QUEUED_SLOTS`]): no cache line shared between workers.
+    queued: [Padded; QUEUED_SLOTS],
+    /// Messages queued through [`LogicSender`]s.
+    messages_queued: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -217,7 +241,16 @@ impl Counters {
             closed_queue_full: get(&self.closed_queue_full),
             bad_packets: get(&self.bad_packets),
             dropped_after_close: get(&self.dropped_after_close),
+            queued: self.queued.iter().map(|p| get(&p.0)).sum::<u64>() + get(&self.messages_queued),
         }
+    }
+
+    /// Worker `worker` queued an event.
+    #[inline]
+    fn queued_by(&self, worker: usize) {
+        self.queued[worker % QUEUED_SLOTS]
+            .0
+            .fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -259,20 +292,26 @@ impl<M: Send> LogicSender<M> {
     /// has ended.
     pub fn send(&self, message: M) -> Result<(), M> {
         let event = match self.tx.try_send(Event::Message(message)) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                bump(&self.counters.messages_queued);
+                return Ok(());
+            }
             Err(TrySendError::Full(event)) => {
                 bump(&self.counters.queue_full_waits);
                 event
             }
             Err(TrySendError::Disconnected(event)) => return Err(unwrap_message(event)),
         };
-        self.tx.send(event).map_err(|e| unwrap_message(e.0))
+        self.tx.send(event).map_err(|e| unwrap_message(e.0))?;
+        bump(&self.counters.messages_queued);
+        Ok(())
     }
 
     /// Queues `message` if there is room now.
     pub fn try_send(&self, message: M) -> Result<(), TrySendError<M>> {
         self.tx
             .try_send(Event::Message(message))
+            .inspect(|()| bump(&self.counters.messages_queued))
             .map_err(|e| match e {
                 TrySendError::Full(event) => TrySendError::Full(unwrap_message(event)),
                 TrySendError::Disconnected(event) => {
@@ -424,7 +463,10 @@ impl<M: Send + 'static> LogicFront<M> {
     /// Queues a system event (connect, disconnect): always waits for room.
     fn push_system<S>(&self, ctx: &mut Context<'_, S>, event: Event<M>) -> bool {
         let event = match self.tx.try_send(event) {
-            Ok(()) => return true,
+            Ok(()) => {
+                self.counters.queued_by(ctx.worker());
+                return true;
+            }
             Err(TrySendError::Full(event)) => {
                 bump(&self.counters.queue_full_waits);
                 event
@@ -438,6 +480,7 @@ impl<M: Send + 'static> LogicFront<M> {
             self.logic_gone(ctx);
             return false;
         }
+        self.counters.queued_by(ctx.worker());
         true
     }
 
@@ -455,7 +498,10 @@ impl<M: Send + 'static> LogicFront<M> {
             }
         };
         let mut event = match self.tx.try_send(Event::Packet(session, frame)) {
-            Ok(()) => return true,
+            Ok(()) => {
+                self.counters.queued_by(ctx.worker());
+                return true;
+            }
             Err(TrySendError::Full(event)) => event,
             Err(TrySendError::Disconnected(_)) => {
                 closing(ctx);
@@ -476,7 +522,10 @@ impl<M: Send + 'static> LogicFront<M> {
                 let mut pause = std::time::Duration::from_micros(50);
                 loop {
                     match self.tx.try_send(event) {
-                        Ok(()) => return true,
+                        Ok(()) => {
+                            self.counters.queued_by(ctx.worker());
+                            return true;
+                        }
                         Err(TrySendError::Full(back)) => event = back,
                         Err(TrySendError::Disconnected(_)) => {
                             closing(ctx);
@@ -532,7 +581,7 @@ impl<M: Send + 'static> LogicFront<M> {
         crate::ratelog::closing(session, &error);
         let event = Event::Close(session, CloseReason::Protocol(error.to_string()));
         match (self.queue.when_full, self.tx.try_send(event)) {
-            (_, Ok(())) => {}
+            (_, Ok(())) => self.counters.queued_by(ctx.worker()),
             (WhenFull::Wait, Err(TrySendError::Full(event))) => {
                 self.push_system(ctx, event);
             }
@@ -870,6 +919,13 @@ impl<L: Logic> LogicServer<L> {
     /// The logic queue's and thread's counters.
     pub fn logic_stats(&self) -> LogicStats {
         self.logic.stats()
+    }
+
+    /// The logic queue's and thread's counters, readable from any thread, for as long as
+    /// anyone likes (by a metrics endpoint, say).
+    pub fn logic_stats_source(&self) -> impl Fn() -> LogicStats + Send + Sync + 'static {
+        let counters = self.logic.counters.clone();
+        move || counters.snapshot()
     }
 
     /// Waits for the server to stop (after [`ServerHandle::shutdown`], e.g. on a signal), then

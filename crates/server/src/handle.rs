@@ -73,6 +73,11 @@ impl ServerHandle {
         Stats::sum(&self.shared.stats)
     }
 
+    /// Each worker's counters, by worker number: what [`ServerHandle::stats`] sums.
+    pub fn worker_stats(&self) -> Vec<Stats> {
+        self.shared.stats.iter().map(Stats::of).collect()
+    }
+
     /// Starts a graceful shutdown: stop accepting, flush every session's queue (up to
     /// [`crate::Config::linger`]), close every session (`on_close` is called for each), and end
     /// the worker threads. Returns at once; [`crate::Server::join`] waits for the end.

@@ -3,7 +3,17 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use iocp_driver::DriverStats;
+
 use crate::session::CloseReason;
+
+/// Upper bounds of the buckets of [`Stats::events_per_turn`]: a turn that handed over `n`
+/// events is counted in the first bucket whose bound is at least `n`, or in the last one
+/// (unbounded) when `n` is above them all.
+pub const EVENTS_PER_TURN_BOUNDS: [u64; 9] = [0, 1, 2, 4, 8, 16, 32, 64, 128];
+
+/// Buckets of [`Stats::events_per_turn`]: one per bound, and one above them all.
+pub const EVENTS_PER_TURN_BUCKETS: usize = EVENTS_PER_TURN_BOUNDS.len() + 1;
 
 /// One worker's counters. Only that worker writes them, so an update is a plain load and store
 /// (no locked instruction on the hot path); readers sum all workers' counters.
@@ -18,6 +28,16 @@ pub(crate) struct WorkerStats {
     bytes_delivered: AtomicU64,
     receives: AtomicU64,
     messages_out: AtomicU64,
+    turns: AtomicU64,
+    events: AtomicU64,
+    events_per_turn: [AtomicU64; EVENTS_PER_TURN_BUCKETS],
+    timers_armed: AtomicU64,
+    recv_out_of_buffers: AtomicU64,
+    cq_overflows: AtomicU64,
+    partial_sends: AtomicU64,
+    accept_backoffs: AtomicU64,
+    messages_delivered: AtomicU64,
+    send_queue_bytes: AtomicU64,
 }
 
 #[inline]
@@ -52,6 +72,28 @@ impl WorkerStats {
         self.bytes_delivered.store(total, Ordering::Relaxed);
     }
 
+    /// A turn of the worker's loop handed over `events` events; `timers` are armed now.
+    #[inline]
+    pub(crate) fn turned(&self, events: u64, timers: usize) {
+        bump(&self.turns, 1);
+        bump(&self.events, events);
+        let bucket = EVENTS_PER_TURN_BOUNDS.partition_point(|&bound| bound < events);
+        bump(&self.events_per_turn[bucket], 1);
+        self.timers_armed.store(timers as u64, Ordering::Relaxed);
+    }
+
+    /// The worker's driver's counters, as they are now.
+    #[inline]
+    pub(crate) fn set_driver(&self, d: &DriverStats) {
+        let set = |c: &AtomicU64, v: u64| c.store(v, Ordering::Relaxed);
+        set(&self.recv_out_of_buffers, d.recv_out_of_buffers);
+        set(&self.cq_overflows, d.cq_overflows);
+        set(&self.partial_sends, d.partial_sends);
+        set(&self.accept_backoffs, d.accept_backoffs);
+        set(&self.messages_delivered, d.messages_sent);
+        set(&self.send_queue_bytes, d.send_queue_bytes);
+    }
+
     #[inline]
     pub(crate) fn sent(&self, bytes: usize) {
         bump(&self.bytes_out, bytes as u64);
@@ -70,6 +112,18 @@ impl WorkerStats {
         s.bytes_delivered += get(&self.bytes_delivered);
         s.receives += get(&self.receives);
         s.messages_out += get(&self.messages_out);
+        s.turns += get(&self.turns);
+        s.events += get(&self.events);
+        for (total, c) in s.events_per_turn.iter_mut().zip(&self.events_per_turn) {
+            *total += get(c);
+        }
+        s.timers_armed += get(&self.timers_armed);
+        s.recv_out_of_buffers += get(&self.recv_out_of_buffers);
+        s.cq_overflows += get(&self.cq_overflows);
+        s.partial_sends += get(&self.partial_sends);
+        s.accept_backoffs += get(&self.accept_backoffs);
+        s.messages_delivered += get(&self.messages_delivered);
+        s.send_queue_bytes += get(&self.send_queue_bytes);
     }
 }
 
@@ -96,9 +150,41 @@ pub struct Stats {
     pub receives: u64,
     /// Messages queued for sending.
     pub messages_out: u64,
+    /// Messages the kernel took completely from the send queues.
+    pub messages_delivered: u64,
+    /// Bytes in the send queues now (the part in flight included), as of each worker's last
+    /// turn.
+    pub send_queue_bytes: u64,
+    /// Turns of the workers' loops: each is one wait for completions (the seed's
+    /// `GetQueuedCompletionStatus`) and the work it brought.
+    pub turns: u64,
+    /// Events the workers' completion ports handed over (completions that reached the server,
+    /// wake-ups included).
+    pub events: u64,
+    /// Turns by how many events they handed over: bucket `i` counts the turns with at most
+    /// [`EVENTS_PER_TURN_BOUNDS`]`[i]` events (and more than the bound before it); the last
+    /// bucket the turns with more than every bound.
+    pub events_per_turn: [u64; EVENTS_PER_TURN_BUCKETS],
+    /// Timers armed now (idle and linger deadlines, the handler's timers, the tick), as of
+    /// each worker's last turn.
+    pub timers_armed: u64,
+    /// Receives re-armed because the receive buffers ran out
+    /// ([`DriverStats::recv_out_of_buffers`]).
+    pub recv_out_of_buffers: u64,
+    /// Waits that found the completion queue overflowed ([`DriverStats::cq_overflows`]).
+    pub cq_overflows: u64,
+    /// Sends the kernel took only part of ([`DriverStats::partial_sends`]).
+    pub partial_sends: u64,
+    /// Times accepting paused and backed off after an error ([`DriverStats::accept_backoffs`]).
+    pub accept_backoffs: u64,
 }
 
 impl Stats {
+    /// One worker's counters.
+    pub(crate) fn of(worker: &WorkerStats) -> Stats {
+        Stats::sum([worker])
+    }
+
     pub(crate) fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerStats>) -> Stats {
         let mut s = Stats::default();
         for w in workers {

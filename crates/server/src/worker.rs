@@ -29,6 +29,8 @@ struct Worker<'a, H: Handler> {
     refused_since_log: u64,
     last_refusal_log: Option<Instant>,
     last_accept_error_log: Option<Instant>,
+    /// Events handed over in this turn of the loop (for the statistics).
+    turn_events: u64,
 }
 
 impl<H: Handler> Worker<'_, H> {
@@ -143,6 +145,7 @@ impl<H: Handler> Worker<'_, H> {
     }
 
     fn on_event(&mut self, io: &mut Io, event: Event<'_>) {
+        self.turn_events += 1;
         match event {
             Event::Received { conn, data } => {
                 self.local.stats().received(data.len());
@@ -313,6 +316,7 @@ pub(crate) fn run<H: Handler>(
         refused_since_log: 0,
         last_refusal_log: None,
         last_accept_error_log: None,
+        turn_events: 0,
     };
     let mut commands = Vec::new();
     loop {
@@ -334,7 +338,10 @@ pub(crate) fn run<H: Handler>(
             w.run_command(driver.io(), command);
         }
         w.fire_timers(driver.io());
-        w.local.stats().set_delivered(driver.io().bytes_sent());
+        let stats = w.local.stats();
+        stats.set_delivered(driver.io().bytes_sent());
+        stats.set_driver(&driver.stats());
+        stats.turned(std::mem::take(&mut w.turn_events), w.local.timers_armed());
         if w.local.shutting_down && w.local.open == 0 && !driver.io().is_accepting() {
             break;
         }

@@ -302,6 +302,9 @@ impl ChatLogic {
             session,
             joined: entered.seq,
         });
+        // This instance's members (on a shared engine, the others count their own).
+        self.counters
+            .entered(self.rooms[room as usize].members.len());
         // What happened in the room after its entry, before the answer came.
         let newcomer = [LocalMember {
             session,
@@ -318,7 +321,11 @@ impl ChatLogic {
         match self.logged_in(session) {
             Some((_, Place::In { room, member_id })) => {
                 if let Some(local) = self.rooms.get_mut(room as usize) {
+                    let before = local.members.len();
                     local.members.retain(|m| m.session != session);
+                    if local.members.len() < before {
+                        self.counters.left(local.members.len());
+                    }
                 }
                 self.engine.leave(room, member_id, &mut self.out);
             }
@@ -389,8 +396,10 @@ impl ChatLogic {
                         password: request.password,
                     };
                     if self.login.submit(job).is_ok() {
+                        Counters::add(&self.counters.login_checks, 1);
                         if let Some(user) = self.users.get_mut(session) {
                             user.state = State::LoggingIn(user_id);
+                            user.login_started = Some(now);
                         }
                         return Ok(());
                     }
@@ -410,6 +419,7 @@ impl ChatLogic {
             user_id,
             outcome,
         } = done;
+        Counters::add(&self.counters.login_answers, 1);
         match outcome {
             Outcome::Accepted | Outcome::Refused => {
                 let failed = outcome == Outcome::Refused;
@@ -426,6 +436,12 @@ impl ChatLogic {
         };
         if !matches!(&user.state, State::LoggingIn(id) if *id == user_id) {
             return;
+        }
+        if outcome != Outcome::Accepted {
+            // Answered now; an accepted one when its presence is claimed (`claimed`).
+            if let Some(started) = user.login_started.take() {
+                (self.counters.login_latency.0).observe(started.elapsed().as_secs_f64());
+            }
         }
         let result = match outcome {
             Outcome::Accepted => {
@@ -478,6 +494,9 @@ impl ChatLogic {
         }
         if let Some(user) = self.users.get_mut(session) {
             user.state = State::Connected;
+            if let Some(started) = user.login_started.take() {
+                (self.counters.login_latency.0).observe(started.elapsed().as_secs_f64());
+            }
         }
         if let Err(result) = result {
             tracing::debug!("session {session}: login as {user_id:?} refused: {result}");

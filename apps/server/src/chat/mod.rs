@@ -141,6 +141,12 @@ pub struct ChatStats {
     pub chats: u64,
     /// Chat notifications queued to members (a message to a room of 10 is 10).
     pub notifies: u64,
+    /// Members of all rooms together, now.
+    pub members: u64,
+    /// Rooms with at least one member, now.
+    pub rooms_occupied: u64,
+    /// Logins waiting for their password check or being checked, now.
+    pub login_queue: u64,
 }
 
 impl std::fmt::Display for ChatStats {
@@ -176,6 +182,33 @@ pub(crate) struct Counters {
     room_enters: AtomicU64,
     chats: AtomicU64,
     notifies: AtomicU64,
+    members: AtomicU64,
+    rooms_occupied: AtomicU64,
+    /// Logins handed to the login pool, and answers that came back: the difference is the
+    /// login queue's depth.
+    login_checks: AtomicU64,
+    login_answers: AtomicU64,
+    /// Seconds from a login request to its answer, for the logins whose password was checked.
+    pub(crate) login_latency: LoginLatency,
+}
+
+/// Seconds from a login request to its answer: a `prometheus-client` histogram, whose atomics
+/// the logic thread writes once per login and a metrics endpoint reads.
+#[derive(Clone, Debug)]
+pub struct LoginLatency(pub prometheus_client::metrics::histogram::Histogram);
+
+/// Upper bounds of the buckets of [`LoginLatency`], in seconds: an Argon2id check takes tens of
+/// milliseconds; seconds mean that logins wait in the login queue.
+pub const LOGIN_LATENCY_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Default for LoginLatency {
+    fn default() -> Self {
+        LoginLatency(prometheus_client::metrics::histogram::Histogram::new(
+            LOGIN_LATENCY_BUCKETS,
+        ))
+    }
 }
 
 impl Counters {
@@ -185,6 +218,27 @@ impl Counters {
             counter.load(Ordering::Relaxed).wrapping_add(n),
             Ordering::Relaxed,
         );
+    }
+
+    /// Subtracts `n` from `counter` (one writer).
+    pub(crate) fn sub(counter: &AtomicU64, n: u64) {
+        Counters::add(counter, n.wrapping_neg());
+    }
+
+    /// A member entered a room, which now has `members`.
+    pub(crate) fn entered(&self, members: usize) {
+        Counters::add(&self.members, 1);
+        if members == 1 {
+            Counters::add(&self.rooms_occupied, 1);
+        }
+    }
+
+    /// A member left a room, which now has `members`.
+    pub(crate) fn left(&self, members: usize) {
+        Counters::sub(&self.members, 1);
+        if members == 0 {
+            Counters::sub(&self.rooms_occupied, 1);
+        }
     }
 
     fn snapshot(&self) -> ChatStats {
@@ -200,6 +254,9 @@ impl Counters {
             room_enters: get(&self.room_enters),
             chats: get(&self.chats),
             notifies: get(&self.notifies),
+            members: get(&self.members),
+            rooms_occupied: get(&self.rooms_occupied),
+            login_queue: get(&self.login_checks).saturating_sub(get(&self.login_answers)),
         }
     }
 }
@@ -303,6 +360,11 @@ impl ChatServer {
         self.inner.handle()
     }
 
+    /// The network server (its backend, say).
+    pub fn server(&self) -> &iocp_server::Server {
+        self.inner.server()
+    }
+
     /// The chat counters.
     pub fn stats(&self) -> ChatStats {
         self.counters.snapshot()
@@ -311,6 +373,17 @@ impl ChatServer {
     /// The logic queue's counters.
     pub fn logic_stats(&self) -> LogicStats {
         self.inner.logic_stats()
+    }
+
+    /// The logic queue's counters, readable after the server is gone.
+    pub fn logic_stats_source(&self) -> impl Fn() -> LogicStats + Send + Sync + 'static {
+        self.inner.logic_stats_source()
+    }
+
+    /// Seconds from each login request to its answer (for the logins whose password was
+    /// checked), as a histogram that reads the live values.
+    pub fn login_latency(&self) -> LoginLatency {
+        self.counters.login_latency.clone()
     }
 
     /// The chat counters, readable after the server is gone.

@@ -39,6 +39,8 @@ pub(crate) struct User {
     pub(crate) state: State,
     /// Failed logins on this connection.
     pub(crate) failed_logins: u32,
+    /// When the login being checked was asked for (for the login latency).
+    pub(crate) login_started: Option<std::time::Instant>,
 }
 
 /// The users, by session slot, and the logged-in ids.
@@ -68,6 +70,7 @@ impl Users {
             addr,
             state: State::Connected,
             failed_logins: 0,
+            login_started: None,
         });
     }
 

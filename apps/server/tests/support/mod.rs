@@ -277,3 +277,5 @@ pub fn alice_and_bob_in_room_0(addr: SocketAddr) -> (Client, Client) {
     assert!(matches!(alice.recv(), Packet::RoomNewUserNotify(_)));
     (alice, bob)
 }
+
+pub mod scrape;

@@ -245,6 +245,12 @@ pub(crate) unsafe trait Port {
 
     /// A handle that wakes [`Port::wait`] from another thread.
     fn waker(&self) -> Waker;
+
+    /// Waits that found the kernel's completion queue overflowed, since the start (io_uring
+    /// only).
+    fn cq_overflows(&self) -> u64 {
+        0
+    }
 }
 
 /// Wakes a driver's thread from any other thread (`PostQueuedCompletionStatus` on IOCP, an
@@ -392,5 +398,9 @@ unsafe impl Port for AnyPort {
 
     fn waker(&self) -> Waker {
         each!(self, p => p.waker())
+    }
+
+    fn cq_overflows(&self) -> u64 {
+        each!(self, p => p.cq_overflows())
     }
 }

@@ -66,6 +66,8 @@ pub(crate) struct Port {
     /// Whether each index of the ring's file table holds a connection's socket (empty: the
     /// ring has no table).
     files: Box<[bool]>,
+    /// Waits that found the completion queue overflowed (`Port::cq_overflows` of the backend contract).
+    cq_overflows: u64,
 }
 
 /// How an entry names a connection's socket.
@@ -259,6 +261,7 @@ impl Port {
             leak: false,
             failed: None,
             files,
+            cq_overflows: 0,
         };
         port.arm_wake();
         Ok((port, features))
@@ -531,6 +534,9 @@ unsafe impl super::Port for Port {
                 ring.submitter().submit_with_args(1, &args)
             }
         };
+        // The kernel holds completions back when the queue is full (`IORING_SQ_CQ_OVERFLOW`),
+        // and refuses submissions meanwhile (`EBUSY`): counted, and drained below.
+        let busy = matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EBUSY));
         match result {
             Ok(_) => {}
             Err(e)
@@ -539,6 +545,9 @@ unsafe impl super::Port for Port {
                     Some(libc::ETIME | libc::EINTR | libc::EBUSY)
                 ) => {}
             Err(e) => return Err(e),
+        }
+        if busy || self.ring.uring_mut().submission().cq_overflow() {
+            self.cq_overflows += 1;
         }
         // Everything queued was consumed by that enter (`IORING_SETUP_SUBMIT_ALL`), unless the
         // completion queue was full; then submit again after draining.
@@ -659,6 +668,10 @@ unsafe impl super::Port for Port {
 
     fn waker(&self) -> Waker {
         Waker::new(self.wake.clone())
+    }
+
+    fn cq_overflows(&self) -> u64 {
+        self.cq_overflows
     }
 }
 
