@@ -523,6 +523,9 @@ fn run_chat(args: &ChatArgs) -> ExitCode {
     let handle = server.handle();
     let Ok(metrics) = serve_metrics(&args.server, server.server(), |m| {
         crate::metrics::chat::register(m, &server);
+        if let Some(redis) = &redis {
+            redis.metrics().register(m.registry());
+        }
     }) else {
         handle.shutdown();
         let _ = server.join();

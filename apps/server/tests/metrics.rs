@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use iocp_chat_protocol::ResultCode;
 use support::process::{BIN, ServerProcess};
-use support::scrape::{http_get, metrics_addr};
+use support::scrape::{http_get, metrics_addr, value};
 use support::{Client, IO_TIMEOUT};
 
 /// The metrics as the endpoint serves them to a plain client (Prometheus text format 0.0.4).
@@ -22,13 +22,6 @@ fn scrape(addr: SocketAddr) -> String {
         "{head}"
     );
     body
-}
-
-/// The value of one series (`name` or `name{labels}`) in an exposition.
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Scrapes until every `(series, value)` of `want` holds (for up to [`IO_TIMEOUT`]); returns the

@@ -14,6 +14,7 @@ use iocp_chat_protocol::{
 };
 use support::process::{BIN, ServerProcess};
 use support::redis::{RedisCluster, RedisServer, free_port, require};
+use support::scrape::{http_get, metrics_addr, value};
 use support::{Client, PASSWORD, names};
 
 /// The presence expiry of the test instances: an instance that dies frees its users within it.
@@ -260,8 +261,9 @@ fn a_redis_restart_loses_no_session_and_service_resumes() {
     let mut redis = RedisServer::start(dir.path());
     let urls = vec![redis.url()];
     add_users(&urls, &["alice", "bob", "carol", "dave"]);
-    let mut a = instance(&urls, &[]);
+    let mut a = instance(&urls, &["--metrics", "127.0.0.1:0"]);
     let mut b = instance(&urls, &[]);
+    let metrics = metrics_addr(&mut a);
     let mut alice = Client::login_as(a.addr, "alice");
     assert_eq!(alice.enter(0).0.result, ResultCode::NONE);
     let mut carol = Client::login_as(a.addr, "carol");
@@ -335,6 +337,16 @@ fn a_redis_restart_loses_no_session_and_service_resumes() {
     let mut found = names(&members);
     found.sort_unstable();
     assert_eq!(found, ["alice", "bob", "carol", "dave"]);
+    // The outage as the metrics tell it.
+    let (status, _, text) = http_get(metrics, "/metrics", None);
+    assert_eq!(status, 200);
+    assert_eq!(value(&text, "iocp_redis_up"), Some(1.0), "{text}");
+    assert_eq!(
+        value(&text, "iocp_redis_reconnects_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(value(&text, "iocp_redis_command_seconds_count").unwrap_or(0.0) >= 4.0);
     a.stop();
     b.stop();
 }

@@ -301,14 +301,15 @@ fn presence_key(user_id: &str) -> String {
 
 /// Runs `script` (loading it first if Redis does not have it).
 async fn run(
-    client: &Client,
+    redis: &Redis,
     options: &Options,
     script: &Script,
     keys: Vec<String>,
     args: Vec<Value>,
 ) -> Result<Value, Error> {
-    let with = client.with_options(options);
-    match with
+    let started = std::time::Instant::now();
+    let with = redis.client.with_options(options);
+    let result = match with
         .evalsha::<Value, _, _, _>(script.sha1().clone(), keys.clone(), args.clone())
         .await
     {
@@ -318,7 +319,9 @@ async fn run(
             with.evalsha(script.sha1().clone(), keys, args).await
         }
         result => result,
-    }
+    };
+    redis.metrics.command(started.elapsed(), result.is_ok());
+    result
 }
 
 /// The members in an `enter` reply (`id, "entry-seq instance user-id"` pairs), in the order
@@ -483,6 +486,7 @@ impl Task {
             self.down("the connection closed");
             return;
         }
+        self.redis.metrics.reconnects.inc();
         tracing::info!(
             "Redis: connected: registering {} users and {} room members anew",
             self.claimed.len(),
@@ -491,6 +495,7 @@ impl Task {
         self.up.store(true, Ordering::Relaxed);
         let outputs = self.refresh(true).await;
         if self.up.load(Ordering::Relaxed) {
+            self.redis.metrics.up.set(1);
             self.logged_down = false;
             tracing::info!("Redis: service resumed");
         }
@@ -501,6 +506,7 @@ impl Task {
     /// Redis is out of reach: logins and entries are answered busy until it is back.
     fn down(&mut self, why: &str) {
         self.up.store(false, Ordering::Relaxed);
+        self.redis.metrics.up.set(0);
         if !self.logged_down {
             self.logged_down = true;
             tracing::warn!(
@@ -546,7 +552,6 @@ impl Task {
                 }
             }
         }
-        let client = self.redis.client.clone();
         let mut steps = Vec::with_capacity(commands.len());
         for command in &commands {
             let (script, keys, args): (&Script, Vec<String>, Vec<Value>) = match command {
@@ -618,7 +623,7 @@ impl Task {
                 steps.push(None);
                 continue;
             }
-            steps.push(Some(run(&client, &self.options, script, keys, args)));
+            steps.push(Some(run(&self.redis, &self.options, script, keys, args)));
         }
         // Every script is sent before any answer is awaited: one round trip for the batch.
         let results = futures_util::future::join_all(
@@ -776,7 +781,6 @@ impl Task {
     /// other instances). After a reconnect (`resync`), tells the logic where each room's order
     /// stands now.
     async fn refresh(&mut self, resync: bool) -> Vec<Output> {
-        let client = self.redis.client.clone();
         let mut outputs = Vec::new();
         if resync && !self.subscribed.is_empty() {
             // A new connection has no subscriptions: the rooms' channels are taken again
@@ -795,7 +799,7 @@ impl Task {
         let users: Vec<Arc<str>> = self.claimed.iter().cloned().collect();
         let claims = users.iter().map(|user_id| {
             run(
-                &client,
+                &self.redis,
                 &self.options,
                 &self.scripts.claim,
                 vec![presence_key(user_id)],
@@ -814,7 +818,7 @@ impl Task {
             ];
             args.extend(mine);
             run(
-                &client,
+                &self.redis,
                 &self.options,
                 &self.scripts.sync,
                 room_keys(room as u32),
@@ -865,10 +869,9 @@ impl Task {
         if !self.redis.is_connected() {
             return;
         }
-        let client = self.redis.client.clone();
         let releases = self.claimed.iter().map(|user_id| {
             run(
-                &client,
+                &self.redis,
                 &self.options,
                 &self.scripts.release,
                 vec![presence_key(user_id)],
@@ -877,7 +880,7 @@ impl Task {
         });
         let leaves = self.members.iter().map(|(id, (room, _))| {
             run(
-                &client,
+                &self.redis,
                 &self.options,
                 &self.scripts.leave,
                 room_keys(*room),

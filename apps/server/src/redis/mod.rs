@@ -90,6 +90,66 @@ pub struct Redis {
     client: Client,
     subscriber: fred::clients::SubscriberClient,
     config: RedisConfig,
+    metrics: RedisMetrics,
+}
+
+/// What the chat engine's use of Redis looks like from outside (`--metrics`): not on the hot
+/// path (one update per script, per reconnect).
+#[derive(Clone, Debug)]
+pub struct RedisMetrics {
+    /// `iocp_redis_up`: 1 while the engine can use Redis, 0 during an outage.
+    pub up: prometheus_client::metrics::gauge::Gauge,
+    /// `iocp_redis_reconnects_total`: times the engine came back to Redis after an outage (and
+    /// registered its users and members anew).
+    pub reconnects: prometheus_client::metrics::counter::Counter,
+    /// `iocp_redis_command_errors_total`: scripts that failed (timeouts, connection lost, ...).
+    pub errors: prometheus_client::metrics::counter::Counter,
+    /// `iocp_redis_command_seconds`: how long each script took, round trip included.
+    pub command_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl RedisMetrics {
+    fn new() -> RedisMetrics {
+        use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+        RedisMetrics {
+            up: Default::default(),
+            reconnects: Default::default(),
+            errors: Default::default(),
+            // 50 µs to ~1.6 s.
+            command_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+        }
+    }
+
+    fn command(&self, took: Duration, ok: bool) {
+        self.command_seconds.observe(took.as_secs_f64());
+        if !ok {
+            self.errors.inc();
+        }
+    }
+
+    /// Registers these metrics (`iocp_redis_*`) with `registry`.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "iocp_redis_up",
+            "Whether the chat engine can use Redis now (1) or is in an outage (0)",
+            self.up.clone(),
+        );
+        registry.register(
+            "iocp_redis_reconnects",
+            "Times the chat engine came back to Redis after an outage and registered its users and members anew",
+            self.reconnects.clone(),
+        );
+        registry.register(
+            "iocp_redis_command_errors",
+            "Redis scripts of the chat engine that failed",
+            self.errors.clone(),
+        );
+        registry.register(
+            "iocp_redis_command_seconds",
+            "Round trip of each Redis script of the chat engine",
+            self.command_seconds.clone(),
+        );
+    }
 }
 
 impl Redis {
@@ -159,12 +219,20 @@ impl Redis {
             }
             tracing::warn!("{why}: retrying in the background");
         }
+        let metrics = RedisMetrics::new();
+        metrics.up.set(i64::from(connected));
         Ok(Arc::new(Redis {
             runtime,
             client,
             subscriber,
             config,
+            metrics,
         }))
+    }
+
+    /// The connection's metrics (register them with [`RedisMetrics::register`]).
+    pub fn metrics(&self) -> &RedisMetrics {
+        &self.metrics
     }
 
     /// Whether both connections are up.

@@ -53,3 +53,10 @@ pub fn http_get(addr: SocketAddr, path: &str, accept: Option<&str>) -> (u16, Str
         .expect("a status");
     (status, head.to_owned(), body.to_owned())
 }
+
+/// The value of one series (`name` or `name{labels}`) in an exposition.
+pub fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
