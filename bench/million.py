@@ -191,6 +191,7 @@ def run(bindir: str, kind: str, n: int, rate: float, hold_extra: float, per_proc
     hold = connect_s + hold_extra
     rec = {"kind": kind, "target": n, "workers": workers, "clients": clients_n, "server_cmd": scmd,
            "rate": rate, "hold_s": hold}
+    settle()
     before = snapshot()
     t_start = time.monotonic()
     srv = procs.start_server(scmd, hold + 300, None, None, ready_timeout=120)
@@ -270,6 +271,23 @@ def run(bindir: str, kind: str, n: int, rate: float, hold_extra: float, per_proc
                 print(json.dumps(j)[:1500], flush=True)
                 break
     return rec
+
+
+BASELINE_INUSE = sockstat()["inuse"]
+
+
+def settle(limit: float = 120.0) -> None:
+    """Waits for the sockets and memory of an earlier run to be given back (the kernel frees a
+    million sockets over some seconds): the measurements of the next one start from rest."""
+    deadline = time.monotonic() + limit
+    last = meminfo()["MemAvailable"]
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = meminfo()["MemAvailable"]
+        if sockstat()["inuse"] <= BASELINE_INUSE + 1000 and abs(now - last) < 16 * 2**20:
+            return
+        last = now
+    print("the machine did not settle: the measurements that follow are rougher", flush=True)
 
 
 def server_sessions(srv: procs.Spawned) -> int:
@@ -398,6 +416,19 @@ def write_doc(results: dict) -> None:
             f"| {r['open_after_hold'] / max(r['all_in_s'], 1e-9):,.0f}/s | {pc['server_rss_bytes']:.0f} B "
             f"| {pc['machine_bytes']:,.0f} B | {pc['slab_bytes']:,.0f} B | {r['idle_cpu_pct']:.2f} % "
             f"| {(r['ping_p50_us'] or 0) / 1e3:.1f} / {(r['ping_p99_us'] or 0) / 1e3:.1f} ms |")
+    iocp = next((r for r in results["runs"] if r["kind"] == "iocp"), None)
+    if iocp:
+        lines += ["", f"How to read it. *All in after*: from the clients' start until the server counted every "
+                  f"session (its stats line, once a second); the clients open {iocp['rate']:,.0f} connections a "
+                  "second in all, so the accept rate is theirs, not the server's ceiling. *Machine memory*: the fall "
+                  "of MemAvailable, both sockets of each connection, kernel and user; *slab* is the growth of the "
+                  "kernel's slab caches, part of which MemAvailable counts as reclaimable. *Server RSS*: what the "
+                  "server process itself grew by — its session table is allocated at start "
+                  f"({iocp['rss_start'] / 2**20:,.0f} MiB for {iocp['target']:,} slots and {iocp['workers']} rings), "
+                  "so a connection adds almost nothing. *Ping round*: every client sends its 64-byte pings on all of "
+                  "its connections at once and checks each echo; with the 52 client processes on the same 2 cores, "
+                  "the round is a queue, and its percentiles are how long the queue took to drain, not one "
+                  "ping's latency on a quiet server."]
     if results.get("tokio_ceiling"):
         lines += ["", f"tokio's ceiling here: {results['tokio_ceiling']} (its server RSS per connection is the "
                   "figure to compare)."]
