@@ -53,7 +53,7 @@ use iocp_server::{Config, ServerHandle};
 use self::logic::ChatLogic;
 use self::login::ChatLoginPool;
 
-/// Where the chat keeps its shared state ([`engine`]).
+/// Where the chat keeps its shared state: presence, rooms and their events.
 #[derive(Clone, Default)]
 pub enum EngineConfig {
     /// In this process (the default; nothing to install).

@@ -6,7 +6,7 @@
 //!   commands fail fast while it is away (the chat then answers `LOGIN_SERVER_BUSY` at once).
 //!   The engine takes its rooms' channels again after each reconnect.
 //! - [`RedisStore`]: the accounts (Argon2id hashes, never passwords) in one hash.
-//! - [`RedisEngine`]: presence, rooms and room messages ([`crate::chat`]'s engine).
+//! - `RedisEngine`: presence, rooms and room messages (the engine of [`crate::chat`]).
 //!
 //! Keys (`PREFIX` is `iocp`; the part in braces is the cluster hash tag, so that every atomic
 //! step touches one slot):
