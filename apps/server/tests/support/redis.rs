@@ -1,13 +1,12 @@
 //! Real Redis servers for the tests: each started by the test on a free loopback port in a
-//! temporary folder of its own, and stopped by PID (SIGTERM, or SIGKILL to play a crash).
+//! temporary folder of its own, and stopped by PID (SIGKILL: a crash, as a restart test wants).
 //! A 3-master Redis Cluster is made with `redis-cli --cluster create`.
 //!
 //! `redis-server` and `haproxy` come from the system's packages: where they are missing and
 //! the tests run as root on a system with `apt-get`, they are installed once (what `.ci/run`
 //! does first); otherwise the test fails saying what to install.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -129,7 +128,7 @@ impl RedisServer {
             .expect("start redis-server");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while command(self.port, &["PING"]).as_deref() != Some("+PONG") {
+        while cli(self.port, &["PING"]) != "PONG" {
             assert!(
                 Instant::now() < deadline,
                 "redis-server on {} did not answer PING: {}",
@@ -188,46 +187,16 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-/// Sends one inline command to the Redis on `port` and returns its first reply line.
-pub fn command(port: u16, args: &[&str]) -> Option<String> {
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let mut request = format!("*{}\r\n", args.len());
-    for arg in args {
-        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-    }
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut line = String::new();
-    BufReader::new(&mut stream).read_line(&mut line).ok()?;
-    Some(line.trim_end().to_owned())
-}
-
-/// Sends one command and returns everything it answered within a short time (for `INFO`,
-/// `CLUSTER INFO`: bulk strings).
-pub fn command_text(port: u16, args: &[&str]) -> String {
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-        return String::new();
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(300)));
-    let mut request = format!("*{}\r\n", args.len());
-    for arg in args {
-        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-    }
-    let _ = stream.write_all(request.as_bytes());
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = stream.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-        if out.ends_with(b"\r\n") && out.len() > 8 {
-            break;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// `redis-cli -p PORT ARGS...`: what it printed (empty if it failed or took over 5 s).
+pub fn cli(port: u16, args: &[&str]) -> String {
+    Command::new("timeout")
+        .args(["5", "redis-cli", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// A Redis Cluster of three masters (no replicas), each in its own folder under `dir`.
@@ -237,7 +206,6 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start(dir: &Path) -> RedisCluster {
-        require("redis-cli", "redis-tools");
         let nodes: Vec<RedisServer> = (0..3)
             .map(|i| RedisServer::start_on(&dir.join(format!("node{i}")), cluster_port(), true))
             .collect();
@@ -261,7 +229,7 @@ impl RedisCluster {
         );
         let deadline = Instant::now() + Duration::from_secs(30);
         for node in &nodes {
-            while !command_text(node.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+            while !cli(node.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
                 assert!(Instant::now() < deadline, "the cluster never became ok");
                 std::thread::sleep(Duration::from_millis(50));
             }
