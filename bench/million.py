@@ -155,12 +155,12 @@ def nofile() -> tuple[int, int]:
 # --- one run -------------------------------------------------------------------------------------
 
 class Guard(threading.Thread):
-    """Samples the machine every 200 ms; kills the run's processes if MemAvailable falls below
-    the floor."""
+    """Samples the machine every 200 ms; stops every process of the run if MemAvailable falls
+    below the floor."""
 
-    def __init__(self, floor: int, pids) -> None:
+    def __init__(self, floor: int) -> None:
         super().__init__(daemon=True)
-        self.floor, self.pids = floor, pids
+        self.floor = floor
         self.stop_flag = threading.Event()
         self.tripped = False
         self.min_available = meminfo()["MemAvailable"]
@@ -198,7 +198,7 @@ def run(bindir: str, kind: str, n: int, rate: float, hold_extra: float, per_proc
     rec["startup_s"] = time.monotonic() - t_start
     rec["rss_start"] = procs.rss_bytes(srv.pid)
     floor = int(meminfo()["MemTotal"] * 0.15)
-    guard = Guard(floor, None)
+    guard = Guard(floor)
     guard.start()
     clients = []
     try:
@@ -332,10 +332,8 @@ def main() -> int:
         with open(RESULTS) as f:
             write_doc(json.load(f))
         return 0
-    if a.no_build:
-        bindir = procs.release_copies(ROOT, ("iocp-server", "iocp-load"), False, "iocp-million-bin-")
-    else:
-        bindir = procs.release_copies(ROOT, ("iocp-server", "iocp-load"), True, "iocp-million-bin-")
+    bindir = procs.release_copies(ROOT, ("iocp-server", "iocp-load"), not a.no_build, "iocp-million-bin-")
+    if not a.no_build:
         subprocess.run(["cargo", "build", "--release", "-p", "iocp-baselines", "--bin", "echo-tokio"], cwd=ROOT,
                        check=True)
     shutil.copy2(os.path.join(ROOT, "target", "release", "echo-tokio"), bindir)

@@ -46,6 +46,8 @@ pub(crate) struct ChatLogic {
     rooms: Vec<LocalRoom>,
     /// The engine's answers not applied yet (reused).
     out: Vec<Output>,
+    /// The batch of outputs being applied (kept for its capacity).
+    applying: Vec<Output>,
     login: ChatLoginPool,
     counters: Arc<Counters>,
     /// How long a connection may take to log in.
@@ -128,6 +130,7 @@ impl ChatLogic {
             engine,
             rooms: (0..config.rooms).map(|_| LocalRoom::default()).collect(),
             out: Vec::new(),
+            applying: Vec::new(),
             login,
             counters,
             login_timeout: config.login_timeout,
@@ -186,40 +189,37 @@ impl ChatLogic {
 
     /// Applies what the engine answered, in order (more may come of it: applied too).
     fn apply(&mut self, ctx: &mut LogicContext<'_>) {
-        let mut at = 0;
-        while at < self.out.len() {
-            // Outputs are taken one at a time: applying one may push more.
-            let output = std::mem::replace(
-                &mut self.out[at],
-                Output::Lost {
-                    user_id: Arc::from(""),
-                },
-            );
-            at += 1;
-            match output {
-                Output::Claimed {
-                    session,
-                    user_id,
-                    result,
-                } => self.claimed(ctx, session, user_id, result),
-                Output::Entered {
-                    session,
-                    room,
-                    result,
-                } => self.entered(ctx, session, room, result),
-                Output::Event(event) => self.deliver(ctx, event),
-                Output::Lost { user_id } => self.lost(ctx, &user_id),
-                Output::Resynced { room, seq } => {
-                    if let Some(local) = self.rooms.get_mut(room as usize) {
-                        for member in &mut local.members {
-                            member.joined = seq;
+        // Applying an output may push more (to `out`): they are applied after the batch at
+        // hand, in order. The two vectors keep their capacity from call to call.
+        let mut batch = std::mem::take(&mut self.applying);
+        while !self.out.is_empty() {
+            std::mem::swap(&mut batch, &mut self.out);
+            for output in batch.drain(..) {
+                match output {
+                    Output::Claimed {
+                        session,
+                        user_id,
+                        result,
+                    } => self.claimed(ctx, session, user_id, result),
+                    Output::Entered {
+                        session,
+                        room,
+                        result,
+                    } => self.entered(ctx, session, room, result),
+                    Output::Event(event) => self.deliver(ctx, event),
+                    Output::Lost { user_id } => self.lost(ctx, &user_id),
+                    Output::Resynced { room, seq } => {
+                        if let Some(local) = self.rooms.get_mut(room as usize) {
+                            for member in &mut local.members {
+                                member.joined = seq;
+                            }
+                            local.held.clear();
                         }
-                        local.held.clear();
                     }
                 }
             }
         }
-        self.out.clear();
+        self.applying = batch;
     }
 
     /// Delivers a room's event to this instance's members of the room that joined before it.
