@@ -110,6 +110,20 @@ fn events_count(client: &mut Client, n: usize) -> Vec<String> {
     seen
 }
 
+/// Logs `user` in on `addr`, trying again for up to 5 s while its presence is still held (by a
+/// session of another instance that is closing).
+fn login_within(addr: SocketAddr, user: &str) -> Client {
+    let mut client = None;
+    within(Duration::from_secs(5), "the login succeeds", || {
+        let mut c = Client::connect(addr);
+        c.name = user.to_owned();
+        let ok = c.login(user, PASSWORD) == ResultCode::NONE;
+        client = ok.then_some(c);
+        ok
+    });
+    client.unwrap()
+}
+
 /// Waits until `f` holds, for at most `limit`.
 fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
@@ -175,16 +189,13 @@ fn two_instances_on_one_redis_share_logins_and_rooms() {
     // Ten members spread over both instances meet, chat, see one order.
     let mut clients = meet_and_chat(&addrs, &users[..10]);
 
-    // Capacity holds across instances: the 11th is refused, on either.
-    for addr in addrs {
-        let mut late = Client::login_as(addr, users[10]);
+    // Capacity holds across instances: the 11th is refused, on either. Its presence is given
+    // back when it disconnects: it then logs in on the other instance.
+    for (addr, other) in [(a.addr, b.addr), (b.addr, a.addr)] {
+        let mut late = login_within(addr, users[10]);
         assert_eq!(late.enter(0).0.result, ResultCode::ENTER_ROOM_FULL_USER);
         drop(late);
-        // Its presence is given back when it disconnects: it can log in elsewhere.
-        within(Duration::from_secs(5), "the presence is released", || {
-            let mut again = Client::connect(addr);
-            again.login(users[10], PASSWORD) == ResultCode::NONE
-        });
+        drop(login_within(other, users[10]));
     }
 
     // A user logged in on one instance is refused on the other.
@@ -385,20 +396,98 @@ fn an_instance_started_before_redis_serves_once_it_is_up() {
 #[test]
 fn three_instances_on_a_three_master_cluster() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = RedisCluster::start(dir.path());
+    let mut cluster = RedisCluster::start(dir.path());
     let urls = cluster.urls();
     let users: Vec<String> = (0..11).map(|i| format!("member{i:02}")).collect();
     let users: Vec<&str> = users.iter().map(String::as_str).collect();
     add_users(&urls, &users);
-    let instances: Vec<ServerProcess> = (0..3).map(|_| instance(&urls, &[])).collect();
+    let mut instances: Vec<ServerProcess> = (0..3).map(|_| instance(&urls, &[])).collect();
     let addrs: Vec<SocketAddr> = instances.iter().map(|i| i.addr).collect();
-    let _clients = meet_and_chat(&addrs, &users[..10]);
+    let mut clients = meet_and_chat(&addrs, &users[..10]);
     let mut late = Client::login_as(addrs[1], users[10]);
     assert_eq!(late.enter(0).0.result, ResultCode::ENTER_ROOM_FULL_USER);
+    drop(late);
     let mut dup = Client::connect(addrs[2]);
     assert_eq!(
         dup.login(users[0], PASSWORD),
         ResultCode::LOGIN_USER_ALREADY
+    );
+    drop(dup);
+
+    // kill -9 of the third instance (members 2, 5 and 8): the others are told within the TTL.
+    let mut third = instances.pop().unwrap();
+    third.child.kill().unwrap();
+    let killed = Instant::now();
+    let _ = third.child.wait();
+    let (mut lost, mut kept): (Vec<Client>, Vec<Client>) = (Vec::new(), Vec::new());
+    for (i, c) in clients.drain(..).enumerate() {
+        if i % 3 == 2 {
+            lost.push(c)
+        } else {
+            kept.push(c)
+        }
+    }
+    let gone: Vec<String> = lost
+        .iter()
+        .map(|c| format!("-{}", c.unique_id.unwrap()))
+        .collect();
+    for c in &mut kept {
+        let mut seen = Vec::new();
+        while seen.len() < gone.len() {
+            seen.extend(event(&c.recv()));
+        }
+        seen.sort();
+        let mut want = gone.clone();
+        want.sort();
+        assert_eq!(seen, want, "{}", c.name);
+    }
+    let told = killed.elapsed();
+    assert!(
+        told < Duration::from_millis(TTL_SECS * 1000 + 500),
+        "{told:?}"
+    );
+
+    // Every node of the cluster crashes and comes back (AOF and nodes.conf kept): the members
+    // stay connected, and service resumes across the two instances left.
+    for node in &mut cluster.nodes {
+        node.kill();
+    }
+    for node in &mut cluster.nodes {
+        node.restart();
+    }
+    cluster.wait_ok();
+    for i in &mut instances {
+        i.wait_for("Redis: service resumed");
+    }
+    let mut attempt = 0;
+    let (first, rest) = kept.split_first_mut().unwrap();
+    within(
+        Duration::from_secs(15),
+        "chat crosses instances again",
+        || {
+            attempt += 1;
+            first.say(&format!("back {attempt}"));
+            let want = format!("{}: back {attempt}", first.name);
+            // member01, on the other instance left.
+            let other = rest.iter_mut().find(|c| c.name == users[1]).unwrap();
+            while let Some(packet) = other.try_recv(Duration::from_millis(300)) {
+                if event(&packet).as_deref() == Some(want.as_str()) {
+                    return true;
+                }
+            }
+            false
+        },
+    );
+    let relogin = within(
+        Duration::from_secs(10),
+        "a lost member logs in again",
+        || {
+            let mut c = Client::connect(addrs[0]);
+            c.login(users[2], PASSWORD) == ResultCode::NONE
+        },
+    );
+    eprintln!(
+        "cluster: kill -9 told after {told:?}; after the cluster's restart, logins again after {relogin:?}"
     );
     for i in instances {
         i.stop();

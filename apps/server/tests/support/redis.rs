@@ -227,14 +227,20 @@ impl RedisCluster {
             "redis-cli --cluster create: {}",
             String::from_utf8_lossy(&output.stdout)
         );
+        let cluster = RedisCluster { nodes };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Waits until every node says `cluster_state:ok` (30 s at most).
+    pub fn wait_ok(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        for node in &nodes {
+        for node in &self.nodes {
             while !cli(node.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
                 assert!(Instant::now() < deadline, "the cluster never became ok");
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        RedisCluster { nodes }
     }
 
     /// The seed URLs of every node.
